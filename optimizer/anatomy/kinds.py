@@ -66,10 +66,7 @@ def match_kind(name: str) -> Kind | None:
     for kind in structure_kinds().values():
         for synonym in kind.synonyms:
             words = synonym.split()
-            hit = (
-                f" {synonym} " in f" {joined} "
-                or (len(words) > 1 and "".join(words) in tokens)
-            )
+            hit = f" {synonym} " in f" {joined} " or (len(words) > 1 and "".join(words) in tokens)
             if hit:
                 score = (len(words), kind.priority, kind)
                 if best is None or score[:2] > best[:2]:

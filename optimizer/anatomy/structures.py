@@ -69,8 +69,15 @@ class Structure:
             ) from None
         m = np.asarray(mask).astype(bool, copy=False)
         return (
-            cls(name=name, mask=m, kind=k, role=r, tissue=tissue or k.tissue,
-                modelled=modelled, source=source),
+            cls(
+                name=name,
+                mask=m,
+                kind=k,
+                role=r,
+                tissue=tissue or k.tissue,
+                modelled=modelled,
+                source=source,
+            ),
             recognised or role is not None,
         )
 
@@ -180,9 +187,7 @@ class Anatomy:
         lookup = {n: i for i, n in enumerate(names)}
         for t in {s.tissue for s in self.structures} | {BACKGROUND_TISSUE}:
             if t not in lookup:
-                raise AnatomyError(
-                    f"tissue {t!r} is not in the tissue table ({', '.join(names)})"
-                )
+                raise AnatomyError(f"tissue {t!r} is not in the tissue table ({', '.join(names)})")
         winner = self.winner_map()
         per_structure = np.array(
             [lookup[s.tissue] for s in self.structures] + [lookup[BACKGROUND_TISSUE]],

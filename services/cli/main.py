@@ -1,0 +1,46 @@
+"""The ``ectplan`` command: one sub-command per module in services/cli."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from optimizer import RESEARCH_USE_NOTICE, __version__
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from services.cli import anatomy_cmd, demo_cmd
+
+    parser = argparse.ArgumentParser(
+        prog="ectplan",
+        description="Electroporation treatment planning (ECT, IRE, IRECT). " + RESEARCH_USE_NOTICE,
+    )
+    parser.add_argument("--version", action="version", version=f"ectplan {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (demo_cmd, anatomy_cmd):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from optimizer.anatomy.errors import AnatomyError
+
+    try:
+        code: int = args.handler(args)
+    except (CliError, AnatomyError, ValueError, FileNotFoundError) as exc:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
