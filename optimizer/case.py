@@ -76,7 +76,8 @@ def prepare_case(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if anatomy is None:
-        source = make_phantom(seed=phantom_seed)
+        # Large enough for the gland plus the default 30 mm margin on every side.
+        source = make_phantom(seed=phantom_seed, size_mm=(128.0, 128.0, 128.0))
     elif isinstance(anatomy, Anatomy):
         source = anatomy
     else:

@@ -32,7 +32,7 @@ def anatomy_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_case_dir(anatomy_dir: Path):  # type: ignore[no-untyped-def]
+def real_case_dir(anatomy_dir: Path):
     """Callable: real_case_dir('prostatex-0000') -> Path, skipping when that case is absent."""
 
     def get(name: str) -> Path:
