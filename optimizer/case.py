@@ -87,7 +87,7 @@ def prepare_case(
     planning = make_planning_grid(source, spacing_mm=spacing_mm, margin_mm=margin_mm)
     timings["resample_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with_organs = add_model_organs(planning)
+    with_organs = add_model_organs(planning, reference=source)
     assert isinstance(with_organs, PlanningAnatomy)
     timings["model_organs_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -632,7 +632,12 @@ def missing_organs(anatomy: Anatomy) -> list[str]:
     return [n for n in ORGAN_KINDS if n not in skip]
 
 
-def add_model_organs(anatomy: Anatomy, params: ModelOrganParams | None = None) -> Anatomy:
+def add_model_organs(
+    anatomy: Anatomy,
+    params: ModelOrganParams | None = None,
+    *,
+    reference: Anatomy | None = None,
+) -> Anatomy:
     """A copy of ``anatomy`` with model organs for every organ kind it lacks.
 
     Placed around the union of the anatomy's target gland structures and rasterised on its grid (use
@@ -642,15 +647,18 @@ def add_model_organs(anatomy: Anatomy, params: ModelOrganParams | None = None) -
     class (a PlanningAnatomy stays one).
     """
     # The gland(s) being planned on; alternative delineations kept as helpers only if none is.
-    glands = [s for s in anatomy.of_kind("gland") if s.role == Role.TARGET]
-    glands = glands or anatomy.of_kind("gland")
+    # The gland is measured on ``reference`` when given (the whole input anatomy): a planning
+    # grid cropped around a lesion may cut the gland, which would shift every organ.
+    measured = reference if reference is not None else anatomy
+    glands = [s for s in measured.of_kind("gland") if s.role == Role.TARGET]
+    glands = glands or measured.of_kind("gland")
     if not glands:
         raise MissingTargetError(
             f"case {anatomy.case_id!r}: model organs are placed relative to the prostate gland, "
             "but no structure is of kind 'gland'; add a gland (or prostate) mask, or segment "
             "the organs at risk"
         )
-    gland = np.zeros(anatomy.grid.shape, dtype=bool)
+    gland = np.zeros(measured.grid.shape, dtype=bool)
     for s in glands:
         gland |= s.mask
     if not gland.any():
@@ -662,7 +670,7 @@ def add_model_organs(anatomy: Anatomy, params: ModelOrganParams | None = None) -
     if not names:
         return replace(anatomy, structures=list(anatomy.structures), notes=list(anatomy.notes))
     p = params or load_model_organ_params()
-    organs = place_model_organs(gland, anatomy.grid, p, names)
+    organs = place_model_organs(gland, measured.grid, p, names)
     taken = set(anatomy.names())
     added: list[Structure] = []
     empty: list[str] = []

@@ -102,6 +102,12 @@ def write_report(
                 + "".join(f"<li>{html.escape(n)}</li>" for n in s.notes)
                 + "</ul>"
             )
+    # Lets a headless browser check (and a test assert) that every picture actually loaded.
+    parts.append(
+        "<script>window.addEventListener('load', () => { document.body.dataset.imagesLoaded = "
+        "[...document.images].filter(i => i.complete && i.naturalWidth > 0).length; "
+        "document.body.dataset.imagesTotal = document.images.length; });</script>"
+    )
     parts.append("</body></html>")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from services.cli import anatomy_cmd, demo_cmd
+    from services.cli import anatomy_cmd, demo_cmd, evaluate_cmd
 
     parser = argparse.ArgumentParser(
         prog="ectplan",
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ectplan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (demo_cmd, anatomy_cmd):
+    for module in (demo_cmd, anatomy_cmd, evaluate_cmd):
         module.register(sub)
     return parser
 
