@@ -1,0 +1,188 @@
+"""Plan search: the default sampler beside random search and the genetic baseline, one run.
+
+    python bench/search.py [--quick] [--seeds 5] [--cases ...] [--protocols ect irect]
+                           [--samplers tpe random ga] [--budgets 100 300 1000] [--out x.json]
+
+Real cases from ../shared/data/anatomy (model organs at risk added), each protocol, each
+sampler, each seed: a full ``run_search`` with the real ``PlanEvaluator`` (exploration on the
+2 mm grid with constant conductivity, the best ``--refine-k`` candidates re-evaluated on the
+1 mm grid with sigma(E)). Every run gets a fresh coarse evaluator, so its pair cache is part of
+what is measured. A sampler spec ``tpe:categorical`` runs TPE on the categorical hole encoding.
+
+Reported per case, protocol and sampler (median over seeds): evaluations and seconds until
+the first plan passing every required criterion on the coarse level ("-" when none did), the
+best coarse score after 100 / 300 / 1000 evaluations, the required criteria the best plan
+meets, whether the returned fine plan passes, and evaluations per second. Lower scores are
+better (optimizer/search/data/score.toml). Wall times on a shared CPU are indicative only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from optimizer.case import prepare_case
+from optimizer.evaluate.evaluator import PlanEvaluator
+from optimizer.evaluate.protocol import load_protocol
+from optimizer.search.local import SearchResult, run_search
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = ("prostatex-0000", "picai-10032", "picai-10043")
+
+
+def anatomy_root() -> Path:
+    import os
+
+    env = os.environ.get("ECTPLAN_ANATOMY_DIR")
+    return Path(env) if env else (REPO.parent / "shared" / "data" / "anatomy").resolve()
+
+
+@dataclass
+class Run:
+    case: str
+    protocol: str
+    sampler: str
+    seed: int
+    evals_to_pass: int | None
+    seconds_to_pass: float | None
+    best_at: dict[int, float]
+    best_met: int
+    best_applicable: int
+    fine_passed: bool
+    fine_score: float
+    fine_unmet: list[str]
+    trials: int
+    seconds: float
+    explore_seconds: float
+
+    @property
+    def evals_per_s(self) -> float:
+        return self.trials / self.explore_seconds if self.explore_seconds > 0 else 0.0
+
+
+def summarise(
+    result: SearchResult, case: str, protocol: str, sampler: str, seed: int,
+    budgets: list[int], seconds: float,
+) -> Run:  # fmt: skip
+    ok = [h for h in result.history if h.error is None]
+    first_pass = next((h for h in result.history if h.passed), None)
+    best_at = {b: min((h.score for h in ok if h.number < b), default=float("nan")) for b in budgets}
+    best = min(ok, key=lambda h: (not h.passed, h.score))
+    return Run(
+        case=case, protocol=protocol, sampler=sampler, seed=seed,
+        evals_to_pass=None if first_pass is None else first_pass.number + 1,
+        seconds_to_pass=None if first_pass is None else first_pass.seconds,
+        best_at=best_at, best_met=best.criteria_met, best_applicable=best.criteria_applicable,
+        fine_passed=result.passed, fine_score=result.score.total,
+        fine_unmet=[u.id for u in result.unmet if u.severity == "required"],
+        trials=result.trials_run, seconds=seconds,
+        explore_seconds=result.history[-1].seconds if result.history else 0.0,
+    )  # fmt: skip
+
+
+def median_or_dash(values: list[float | None], fmt: str) -> str:
+    known = [v for v in values if v is not None]
+    if len(known) < len(values) / 2 or not known:  # most runs never got there
+        return "-"
+    return format(statistics.median(known), fmt)
+
+
+def table(runs: list[Run], budgets: list[int]) -> str:
+    header = (
+        f"{'case':16} {'protocol':8} {'sampler':16} {'evals->pass':>11} {'s->pass':>8} "
+        + " ".join(f"{'best@' + str(b):>9}" for b in budgets)
+        + f" {'met':>7} {'fine':>5} {'fine score':>10} {'eval/s':>7}"
+    )
+    lines = [header, "-" * len(header)]
+    groups: dict[tuple[str, str, str], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.case, r.protocol, r.sampler), []).append(r)
+    for (case, protocol, sampler), rs in groups.items():
+        lines.append(
+            f"{case:16} {protocol:8} {sampler:16} "
+            f"{median_or_dash([r.evals_to_pass for r in rs], '.0f'):>11} "
+            f"{median_or_dash([r.seconds_to_pass for r in rs], '.1f'):>8} "
+            + " ".join(
+                f"{median_or_dash([r.best_at[b] if b <= r.trials else None for r in rs], '.3f'):>9}"
+                for b in budgets
+            )
+            + f" {statistics.median(r.best_met for r in rs):>3.0f}/"
+            f"{statistics.median(r.best_applicable for r in rs):<3.0f}"
+            f" {sum(r.fine_passed for r in rs):>2}/{len(rs):<2}"
+            f" {statistics.median(r.fine_score for r in rs):>10.3f}"
+            f" {statistics.median(r.evals_per_s for r in rs):>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed, budgets 100 and 300")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--cases", nargs="+", default=list(CASES))
+    parser.add_argument("--protocols", nargs="+", default=["ect", "irect"])
+    parser.add_argument("--samplers", nargs="+", default=["tpe", "random", "ga"])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[100, 300, 1000])
+    parser.add_argument("--refine-k", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None, help="write every run as JSON")
+    parser.add_argument(
+        "--table", type=Path, default=None, help="only print the table of runs saved by --out"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.budgets = 1, [100, 300]
+    if args.table is not None:
+        saved = [Run(**r) for r in json.loads(args.table.read_text())]
+        for r in saved:
+            r.best_at = {int(k): v for k, v in r.best_at.items()}
+        print(table(saved, sorted({b for r in saved for b in r.best_at})))
+        return
+    root = anatomy_root()
+    if not root.is_dir():
+        sys.exit(f"real anatomy not found at {root} (set ECTPLAN_ANATOMY_DIR)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    budget = max(args.budgets)
+    runs: list[Run] = []
+    for case_name in args.cases:
+        coarse = prepare_case(root / case_name, spacing_mm=2.0)
+        fine = prepare_case(root / case_name, spacing_mm=1.0)
+        for protocol_name in args.protocols:
+            protocol = load_protocol(protocol_name)
+            fine_evaluator = PlanEvaluator(fine, protocol, nonlinear=True)
+            for spec in args.samplers:
+                sampler, _, encoding = spec.partition(":")
+                for seed in range(args.seeds):
+                    started = time.perf_counter()
+                    result = run_search(
+                        coarse, fine, protocol, trials=budget, seed=seed, sampler=sampler,
+                        evaluate_coarse=PlanEvaluator(coarse, protocol, nonlinear=False).evaluate,
+                        evaluate_fine=fine_evaluator.evaluate, refine_top_k=args.refine_k,
+                        hole_encoding="categorical" if encoding == "categorical" else "grid",
+                    )  # fmt: skip
+                    run = summarise(result, case_name, protocol_name, spec, seed, args.budgets,
+                                    time.perf_counter() - started)  # fmt: skip
+                    runs.append(run)
+                    if args.out is not None:  # after every run: a long benchmark keeps its figures
+                        args.out.write_text(
+                            json.dumps([r.__dict__ for r in runs], indent=1, default=str)
+                        )
+                    print(
+                        f"{case_name} {protocol_name} {spec} seed {seed}: "
+                        f"best@{budget} {run.best_at[budget]:.3f}, met {run.best_met}/"
+                        f"{run.best_applicable}, fine {'PASS' if run.fine_passed else 'FAIL'} "
+                        f"({', '.join(run.fine_unmet) or 'all met'}), {run.seconds:.0f} s",
+                        flush=True,
+                    )
+    print()
+    print(table(runs, args.budgets))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Baselines for the benchmark: random search and a simple genetic algorithm.
+
+The GA follows the approach published for electroporation planning (Zupanic, Kos and
+Miklavcic 2012, Phys Med Biol 57:5425: a genetic algorithm over electrode positions and
+voltages): tournament selection, crossover that swaps whole needles (a slot's hole, depth,
+exposure and core flag travel together), mutation of hole (+-1 template column/row), depth,
+exposure, voltage ratio and pulse count (each gene that changes the plan with probability 1/L,
+at least one per child; a child that repeats an evaluated plan is bred again). It is
+steady-state and elitist: parents come from the
+best ``population_size`` completed trials (plans that pass every required criterion first,
+then by score), which keeps it stateless, so it works with ask/tell in batches and with a
+persistent study exactly like the Optuna samplers. The first ``population_size`` trials are
+random.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from optuna import Study
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from optimizer.search.objective import ranking_key
+from optimizer.search.space import SearchSpace
+
+DEFAULT_POPULATION = 20
+DEFAULT_TOURNAMENT = 3
+DEFAULT_CROSSOVER_PROB = 0.9
+# A child identical to an evaluated plan is bred again, at most this many times.
+MAX_DUPLICATE_RETRIES = 10
+# Gaussian mutation width of a numeric gene, as a fraction of its range.
+MUTATION_SIGMA_FRACTION = 0.15
+
+
+def random_search(seed: int | None = None) -> RandomSampler:
+    """Random search: every parameter independently uniform (Optuna's RandomSampler)."""
+    return RandomSampler(seed=seed)
+
+
+class GeneticSampler(BaseSampler):
+    """A steady-state elitist GA over the plan search space (single objective)."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        population_size: int = DEFAULT_POPULATION,
+        tournament_size: int = DEFAULT_TOURNAMENT,
+        crossover_prob: float = DEFAULT_CROSSOVER_PROB,
+        mutation_rate: float | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if population_size < 2:
+            raise ValueError(f"population_size must be >= 2, got {population_size}")
+        if tournament_size < 1:
+            raise ValueError(f"tournament_size must be >= 1, got {tournament_size}")
+        if not 0.0 <= crossover_prob <= 1.0:
+            raise ValueError(f"crossover_prob must be in [0, 1], got {crossover_prob}")
+        self._space = space
+        self._distributions = space.distributions()
+        self.population_size = population_size
+        self.tournament_size = tournament_size
+        self.crossover_prob = crossover_prob
+        # None: one mutation per child on average over the genes that matter (the 1/L rate).
+        self.mutation_rate = mutation_rate
+        self._rng = np.random.RandomState(seed)
+        self._random = RandomSampler(seed=seed)
+
+    def reseed_rng(self) -> None:
+        self._rng.seed()
+        self._random.reseed_rng()
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return dict(self._distributions)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        if len(study.directions) > 1:
+            raise ValueError("the genetic baseline is single-objective; use nsga2 for several")
+        done = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if set(search_space) <= set(t.params)
+        ]
+        if len(done) < self.population_size:
+            return {}  # random start: sample_independent fills every parameter
+        population = sorted(done, key=_rank)[: self.population_size]
+        seen = {self._identity(t.params) for t in done}
+        for _ in range(MAX_DUPLICATE_RETRIES):
+            mother = self._tournament(population)
+            father = self._tournament(population)
+            child = self._mutate(self._crossover(mother.params, father.params))
+            if self._identity(child) not in seen:
+                break
+        return {name: child[name] for name in search_space}
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+    # ---- operators ---------------------------------------------------------------------
+
+    def _tournament(self, population: Sequence[FrozenTrial]) -> FrozenTrial:
+        picks = self._rng.choice(len(population), size=self.tournament_size, replace=True)
+        return min((population[int(i)] for i in picks), key=_rank)
+
+    def _crossover(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        child = dict(a)
+        if self._rng.rand() >= self.crossover_prob:
+            return child
+        for k in range(self._space.n_slots):
+            if self._rng.rand() < 0.5:
+                for name in self._space.slot_params(k):
+                    child[name] = b[name]
+        for name in self._space.global_params():
+            if self._rng.rand() < 0.5:
+                child[name] = b[name]
+        return child
+
+    def _active(self, params: dict[str, Any]) -> list[str]:
+        """Genes that change the plan: the global ones and those of the used slots."""
+        used = self._space.n_needles(params)
+        return self._space.global_params() + [
+            name for k in range(used) for name in self._space.slot_params(k)
+        ]
+
+    def _mutate(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Each active gene mutates with probability ``mutation_rate`` (default 1 / active
+        genes), and at least one does, so no child is a copy of a parent."""
+        out = dict(params)
+        active = self._active(out)
+        rate = self.mutation_rate if self.mutation_rate is not None else 1.0 / len(active)
+        chosen = [name for name in active if self._rng.rand() < rate]
+        if not chosen and self.mutation_rate != 0.0:
+            chosen = [active[self._rng.randint(len(active))]]
+        for name in chosen:
+            out[name] = self._mutate_gene(out[name], self._distributions[name])
+        return out
+
+    def _identity(self, params: dict[str, Any]) -> str:
+        return self._space.decode(params).model_dump_json(exclude={"name", "notes"})
+
+    def _mutate_gene(self, value: Any, dist: BaseDistribution) -> Any:
+        if isinstance(dist, CategoricalDistribution):
+            others = [c for c in dist.choices if c != value]
+            return others[self._rng.randint(len(others))] if others else value
+        if isinstance(dist, IntDistribution):
+            # Holes and needle count move by one step: the neighbourhood the field varies over.
+            step = dist.step if self._rng.rand() < 0.5 else -dist.step
+            return int(min(max(int(value) + step, dist.low), dist.high))
+        assert isinstance(dist, FloatDistribution)
+        width = MUTATION_SIGMA_FRACTION * (dist.high - dist.low)
+        moved = float(value) + self._rng.normal(0.0, width)
+        if dist.step is None:
+            return float(min(max(moved, dist.low), dist.high))
+        k = round((moved - dist.low) / dist.step)
+        if math.isclose(dist.low + k * dist.step, float(value)):
+            k += 1 if self._rng.rand() < 0.5 else -1  # always move at least one step
+        top = round((dist.high - dist.low) / dist.step)
+        return float(dist.low + min(max(k, 0), top) * dist.step)
+
+
+def _rank(trial: FrozenTrial) -> tuple[int, float]:
+    value = trial.values[0] if trial.values else math.inf
+    return ranking_key(bool(trial.user_attrs.get("passed", False)), value)

@@ -1,0 +1,209 @@
+"""Ask/tell around an Optuna study: what a local loop and a Ray driver both need.
+
+A driver opens a study (``open_study``), enqueues starting plans (``enqueue``), asks a batch of
+proposals (``ask``: parameters and the decoded plan), has them evaluated anywhere, and tells
+each result (``tell``, or ``tell_error`` for a plan the evaluator refused). ``tell`` stores the
+score and a short criteria summary as trial user attributes and the constraint values with
+``Trial.set_constraint`` (one per required criterion, named by its id, plus "limits"), where
+TPE and NSGA-II read them.
+
+Storage: None (in memory), an RDB URL (``sqlite:///path.db``, postgresql://...), a journal file
+(``journal:path`` or a path ending in .log/.jsonl), or an Optuna storage object. A stored study
+remembers the signature of its search space; reopening it with another case, protocol or space
+is refused rather than mixing incomparable trials.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.samplers import BaseSampler
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from optimizer.evaluate.evaluation import PlanEvaluation
+from optimizer.evaluate.plan import Plan
+from optimizer.search.objective import OBJECTIVE_NAMES, constraint_names, outcome
+from optimizer.search.settings import ScoreWeights
+from optimizer.search.space import SearchSpace
+
+SIGNATURE_ATTR = "ectplan.space_signature"
+ERROR_ATTR = "error"
+_RDB_PREFIXES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
+_JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
+
+
+class SearchStudyError(ValueError):
+    """A storage cannot be opened, or a stored study belongs to another search."""
+
+
+def resolve_storage(storage: str | Path | BaseStorage | None) -> str | BaseStorage | None:
+    if storage is None or isinstance(storage, BaseStorage):
+        return storage
+    text = str(storage)
+    if text.startswith(_RDB_PREFIXES):
+        return text
+    path = text.removeprefix("journal:") if text.startswith("journal:") else None
+    if path is None and text.endswith(_JOURNAL_SUFFIXES):
+        path = text
+    if path:
+        return JournalStorage(JournalFileBackend(path))
+    raise SearchStudyError(
+        f"storage {text!r} is neither an RDB URL (sqlite:///path.db, postgresql://...) nor a "
+        "journal file (journal:path, or a path ending in .log or .jsonl)"
+    )
+
+
+def open_study(
+    space: SearchSpace,
+    sampler: BaseSampler,
+    *,
+    multi_objective: bool = False,
+    storage: str | Path | BaseStorage | None = None,
+    study_name: str | None = None,
+) -> optuna.Study:
+    """Create, or reopen when stored under ``study_name``, the study of this search space."""
+    n_objectives = len(OBJECTIVE_NAMES) if multi_objective else 1
+    try:
+        study = optuna.create_study(
+            storage=resolve_storage(storage),
+            sampler=sampler,
+            study_name=study_name,
+            directions=["minimize"] * n_objectives,
+            load_if_exists=True,
+        )
+    except ValueError as exc:  # e.g. directions differ from the stored study's
+        raise SearchStudyError(f"cannot open study {study_name!r} in {storage}: {exc}") from exc
+    if len(study.directions) != n_objectives:
+        raise SearchStudyError(
+            f"stored study {study.study_name!r} has {len(study.directions)} objective(s); this "
+            f"search has {n_objectives} (multi_objective={multi_objective}); use another name"
+        )
+    stored = study.user_attrs.get(SIGNATURE_ATTR)
+    if stored is not None and stored != space.signature():
+        raise SearchStudyError(
+            f"stored study {study.study_name!r} was made for another case, protocol or search "
+            f"space (signature {stored}, this search {space.signature()}); use another study "
+            "name or storage"
+        )
+    if stored is None:
+        study.set_user_attr(SIGNATURE_ATTR, space.signature())
+        study.set_user_attr("case", space.case.case_id)
+        study.set_user_attr("protocol", space.protocol.name)
+        study.set_user_attr("constraint_names", constraint_names(space.protocol))
+        study.set_user_attr(
+            "objective_names", list(OBJECTIVE_NAMES) if multi_objective else ["score"]
+        )
+    return study
+
+
+def enqueue(study: optuna.Study, params: Iterable[dict[str, Any]]) -> int:
+    """Enqueue starting parameters (unused slots are left to the sampler); returns the count."""
+    count = 0
+    for p in params:
+        study.enqueue_trial(p, skip_if_exists=True)
+        count += 1
+    return count
+
+
+@dataclass
+class Proposal:
+    """An asked trial, its parameters and the plan they decode to."""
+
+    trial: optuna.Trial
+    params: dict[str, Any]
+    plan: Plan
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+
+def ask(study: optuna.Study, space: SearchSpace, n: int = 1) -> list[Proposal]:
+    """``n`` proposals; all are RUNNING until told."""
+    out = []
+    for _ in range(n):
+        trial = study.ask(space.distributions())
+        params = dict(trial.params)
+        out.append(Proposal(trial, params, space.decode(params, name=f"trial {trial.number}")))
+    return out
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What a driver keeps about one told trial (``seconds``: since the run started)."""
+
+    number: int
+    values: tuple[float, ...] | None
+    score: float
+    passed: bool
+    criteria_met: int
+    criteria_applicable: int
+    failed_required: tuple[str, ...]
+    seconds: float
+    error: str | None = None
+
+
+def tell(
+    study: optuna.Study,
+    proposal: Proposal,
+    evaluation: PlanEvaluation,
+    *,
+    seconds: float,
+    multi_objective: bool = False,
+    weights: ScoreWeights | None = None,
+) -> TrialRecord:
+    result = outcome(evaluation, multi_objective=multi_objective, weights=weights)
+    for key, value in result.user_attrs().items():
+        proposal.trial.set_user_attr(key, value)
+    names = constraint_names(evaluation.protocol)
+    for name, value in zip(names, result.constraints, strict=True):
+        proposal.trial.set_constraint(name, value)
+    study.tell(proposal.trial, list(result.values))
+    return TrialRecord(
+        proposal.number,
+        result.values,
+        result.score.total,
+        result.passed,
+        result.met,
+        result.applicable,
+        tuple(result.failed_required),
+        seconds,
+    )
+
+
+def tell_error(
+    study: optuna.Study, proposal: Proposal, message: str, *, seconds: float
+) -> TrialRecord:
+    """Record a plan that could not be evaluated as a failed trial (samplers skip it)."""
+    proposal.trial.set_user_attr(ERROR_ATTR, message)
+    study.tell(proposal.trial, state=TrialState.FAIL)
+    return TrialRecord(proposal.number, None, math.inf, False, 0, 0, (), seconds, message)
+
+
+def completed(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed trials that carry a score (told through ``tell``)."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "score" in t.user_attrs
+    ]
+
+
+def pareto_front(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Non-dominated trials (minimising every value), among those passing every required
+    criterion when any does."""
+    feasible = [t for t in trials if t.user_attrs.get("passed")]
+    pool = feasible or list(trials)
+
+    def dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
+        va, vb = a.values, b.values
+        return all(x <= y for x, y in zip(va, vb, strict=True)) and va != vb
+
+    return [t for t in pool if not any(dominates(o, t) for o in pool if o is not t)]

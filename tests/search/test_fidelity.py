@@ -1,0 +1,68 @@
+"""Two fidelity levels: the best distinct coarse candidates, confirmed on the fine level."""
+
+from __future__ import annotations
+
+import pytest
+
+from optimizer.evaluate.plan import PlanError
+from optimizer.search.fidelity import Candidate, TwoFidelity, plan_identity
+from optimizer.search.objective import score
+from optimizer.search.seeding import geometric_seeds
+from optimizer.search.space import SearchSpace
+
+
+@pytest.fixture(scope="module")
+def candidates(phantom_case, ect, ect_coarse):
+    space = SearchSpace(phantom_case, ect)
+    out = []
+    for i, plan in enumerate(geometric_seeds(space)[:4]):
+        e = ect_coarse.evaluate(plan)
+        out.append(Candidate(i, space.encode(plan), plan, score(e).total, e.passed))
+    # The same plan again under another trial number: picked once.
+    out.append(Candidate(99, out[0].params, out[0].plan, out[0].coarse_score, out[0].coarse_passed))
+    return out
+
+
+def test_pick_takes_the_best_distinct_plans(candidates, ect_coarse, ect_fine):
+    levels = TwoFidelity(ect_coarse.evaluate, ect_fine.evaluate, top_k=3)
+    picked = levels.pick(candidates)
+    assert len(picked) == 3
+    assert len({plan_identity(c.plan) for c in picked}) == 3
+    assert [c.key for c in picked] == sorted(c.key for c in candidates if c.trial_number != 99)[:3]
+
+
+def test_refine_returns_fine_evaluations_best_first(candidates, ect_coarse, ect_fine):
+    levels = TwoFidelity(ect_coarse.evaluate, ect_fine.evaluate, top_k=2)
+    refined = levels.refine(candidates)
+    assert len(refined) == 2
+    assert [r.key for r in refined] == sorted(r.key for r in refined)
+    for r in refined:
+        assert r.evaluation is not None and r.score is not None
+        # The fine level is the nonlinear evaluator: its currents differ from the coarse ones.
+        fine_current = r.evaluation.metrics["pairs"][0]["current_A"]
+        coarse_current = ect_coarse.evaluate(r.candidate.plan).metrics["pairs"][0]["current_A"]
+        assert fine_current > coarse_current
+
+
+def test_after_the_deadline_only_the_first_candidate_is_refined(candidates, ect_coarse, ect_fine):
+    levels = TwoFidelity(ect_coarse.evaluate, ect_fine.evaluate, top_k=3)
+    assert len(levels.refine(candidates, deadline=0.0)) == 1
+    assert len(levels.refine(candidates, should_stop=lambda: True)) == 1
+
+
+def test_a_plan_the_fine_level_refuses_is_kept_with_its_error(candidates, ect_coarse):
+    def refuse_first(plan):
+        if plan_identity(plan) == plan_identity(candidates_sorted[0].plan):
+            raise PlanError("needle 0 outside the fine grid")
+        return ect_coarse.evaluate(plan)
+
+    levels = TwoFidelity(ect_coarse.evaluate, refuse_first, top_k=2)
+    candidates_sorted = levels.pick(candidates)
+    refined = levels.refine(candidates)
+    assert refined[0].evaluation is not None
+    assert refined[-1].error == "needle 0 outside the fine grid"
+
+
+def test_top_k_must_be_positive(ect_coarse):
+    with pytest.raises(ValueError, match="top_k"):
+        TwoFidelity(ect_coarse.evaluate, ect_coarse.evaluate, top_k=0)

@@ -1,0 +1,121 @@
+"""The score and constraints follow the evaluation: monotonic in shortfall and excess."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import numpy as np
+import pytest
+
+from optimizer.evaluate.evaluation import PlanEvaluation, evaluate_plan
+from optimizer.evaluate.protocol import load_protocol
+from optimizer.search.objective import (
+    OBJECTIVE_NAMES,
+    constraint_names,
+    constraints,
+    criterion_class,
+    objectives,
+    outcome,
+    score,
+)
+from optimizer.search.settings import load_score_weights
+
+from ..evaluate.builders import anatomy, box_grid, box_mask, two_needle_plan
+
+SHAPE = (20, 10, 10)
+PEAKS = (300.0, 600.0, 900.0, 1300.0, 1800.0, 2400.0)
+
+
+@pytest.fixture(scope="module")
+def case():
+    grid = box_grid(SHAPE, 2.0)
+    return anatomy(
+        grid,
+        {
+            "gland": box_mask(SHAPE, (5, 2, 2), (12, 8, 8)),
+            "rectum": box_mask(SHAPE, (14, 2, 2), (18, 8, 8)),
+        },
+    )
+
+
+def evaluate(case, peak_V_per_cm: float) -> PlanEvaluation:
+    """A field rising along x to ``peak``: more coverage of the gland and more rectum above
+    E_irr as the peak grows (a real evaluation of synthetic fields)."""
+    ramp = peak_V_per_cm * (np.arange(SHAPE[0]) + 1) / SHAPE[0]
+    field = np.broadcast_to(ramp[:, None, None], SHAPE).astype(np.float32)
+    plan = two_needle_plan(protocol="ect", pulses=8, voltage_V=1500.0)
+    return evaluate_plan(plan, load_protocol("ect"), case, [field], [10.0])
+
+
+@pytest.fixture(scope="module")
+def evaluations(case):
+    return [evaluate(case, peak) for peak in PEAKS]
+
+
+def test_coverage_part_falls_and_organ_part_rises_with_the_field(evaluations):
+    parts = [score(e) for e in evaluations]
+    coverage = [p.coverage for p in parts]
+    organ = [p.organ_at_risk for p in parts]
+    assert all(a >= b for a, b in pairwise(coverage))
+    assert all(a <= b for a, b in pairwise(organ))
+    assert coverage[0] > coverage[-1] == 0.0  # the strongest field covers the target
+    assert organ[0] == 0.0 < organ[-1]  # and overexposes the rectum
+
+
+def test_parts_are_the_weighted_normalised_margins(evaluations):
+    w = load_score_weights()
+    e = evaluations[-1]
+    rectum = next(r for r in e.results if r.id == "rectum_irreversible")
+    assert rectum.status == "fail"
+    assert score(e).organ_at_risk == pytest.approx(
+        w.organ_at_risk * (rectum.value - rectum.limit) / w.scale("ml")
+    )
+    first = evaluations[0]
+    cover = next(r for r in first.results if r.id == "target_reversible_coverage")
+    assert score(first).coverage == pytest.approx(
+        w.coverage * (cover.limit - cover.value) / w.scale("percent")
+    )
+    assert score(first).needles == pytest.approx(2 * w.per_needle)
+
+
+def test_constraints_are_feasible_exactly_when_the_plan_passes(evaluations):
+    names = constraint_names(evaluations[0].protocol)
+    assert names[-1] == "limits"
+    for e in evaluations:
+        values = constraints(e)
+        assert len(values) == len(names)
+        assert all(v <= 0 for v in values) == e.passed
+    # Each failing required criterion shows up as a positive constraint of the same name.
+    e = evaluations[-1]
+    failing = {r.id for r in e.failures if r.severity == "required"}
+    positive = {n for n, v in zip(names, constraints(e), strict=True) if v > 0}
+    assert failing <= positive
+
+
+def test_multi_objectives_trade_coverage_against_organ_exposure(evaluations):
+    values = [objectives(e) for e in evaluations]
+    assert len(values[0]) == len(OBJECTIVE_NAMES)
+    uncovered = [v[0] for v in values]
+    exposure = [v[1] for v in values]
+    assert all(a >= b for a, b in pairwise(uncovered))
+    assert all(a <= b for a, b in pairwise(exposure))
+    assert all(v[2] == 2.0 for v in values)
+
+
+def test_outcome_summarises_for_the_study(evaluations):
+    e = evaluations[-1]
+    o = outcome(e)
+    attrs = o.user_attrs()
+    assert attrs["score"] == pytest.approx(score(e).total)
+    assert attrs["passed"] is e.passed
+    assert set(attrs["failed_required"]) == {r.id for r in e.failures if r.severity == "required"}
+    assert o.applicable == sum(r.status != "not_applicable" for r in e.results)
+    assert outcome(e, multi_objective=True).values == objectives(e)
+
+
+def test_criterion_classes_cover_every_kind(evaluations):
+    classes = {r.id: criterion_class(r) for r in evaluations[0].results}
+    assert classes["target_reversible_coverage"] == "coverage"
+    assert classes["rectum_irreversible"] == "organ_at_risk"
+    assert classes["temperature_away_from_needles"] == "heat"
+    assert classes["device.voltage_max_pair0"] == "limits"

@@ -1,0 +1,80 @@
+"""Geometric starting plans: admissible, within the device limits, around the target."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from optimizer.electrodes import check_path
+from optimizer.evaluate.criteria import evaluate_limits
+from optimizer.evaluate.protocol import load_protocol
+from optimizer.search.seeding import (
+    geometric_seed_params,
+    geometric_seeds,
+    seed_params_from_plans,
+    target_footprint,
+)
+from optimizer.search.space import SearchSpace
+
+
+@pytest.mark.parametrize("protocol", ["ect", "ire", "irect"])
+def test_seeds_pass_device_and_pulse_limits_on_clear_paths(phantom_case, protocol):
+    space = SearchSpace(phantom_case, load_protocol(protocol))
+    seeds = geometric_seeds(space)
+    assert len(seeds) >= 4
+    for plan in seeds:
+        failed = [r.description for r in evaluate_limits(plan, space.protocol) if not r.passed]
+        assert failed == [], plan.name
+        for needle in plan.needles:
+            assert check_path(needle.to_needle(), phantom_case.obstacles).ok
+
+
+def test_seed_needles_surround_the_target_at_the_first_pattern_radius(phantom_case, ect):
+    space = SearchSpace(phantom_case, ect)
+    footprint = target_footprint(space)
+    first = geometric_seeds(space)[0]
+    t = space.template
+    uv = [
+        ((np.asarray(n.tip_mm) - t.centre_mm) @ t.column_axis,
+         (np.asarray(n.tip_mm) - t.centre_mm) @ t.row_axis)
+        for n in first.needles
+    ]  # fmt: skip
+    centre = np.mean(uv, axis=0)
+    # Snapping to 5 mm holes moves each needle by at most half a diagonal pitch (3.5 mm).
+    assert math.dist(centre, footprint.centre_mm) < 5.0
+    ring = [math.dist(p, footprint.centre_mm) for p in uv]
+    assert max(ring) < footprint.radius_mm + 10.0
+
+
+def test_seed_exposures_span_the_target_along_each_hole(phantom_case, ect):
+    space = SearchSpace(phantom_case, ect)
+    for plan in geometric_seeds(space):
+        for needle in plan.needles:
+            hole = space.hole(needle.hole)
+            chord = hole.target_far_mm - hole.target_near_mm
+            assert needle.exposure_mm >= chord or needle.exposure_mm == max(hole.exposures_mm)
+
+
+def test_two_train_seeds_include_a_lesion_core(phantom_case, irect):
+    space = SearchSpace(phantom_case, irect)
+    core_pulses = space.trains[0].train.pulses
+    assert any(all(p.pulses == core_pulses for p in plan.pairs) for plan in geometric_seeds(space))
+
+
+def test_seeds_are_distinct(phantom_case, ect):
+    space = SearchSpace(phantom_case, ect)
+    plans = [space.decode(p).model_dump_json(exclude={"name", "notes"})
+             for p in geometric_seed_params(space)]  # fmt: skip
+    assert len(set(plans)) == len(plans)
+
+
+def test_plans_from_elsewhere_are_encoded_or_skipped_with_a_note(phantom_case, ect):
+    space = SearchSpace(phantom_case, ect)
+    good = geometric_seeds(space)[0]
+    too_big = good.model_copy(update={"needles": [*good.needles, good.needles[0]], "name": "big"})
+    params, notes = seed_params_from_plans(space, [good, too_big])
+    assert len(params) == 1
+    assert space.decode(params[0]).needles == good.needles
+    assert len(notes) == 1 and "big" in notes[0]
