@@ -1,0 +1,182 @@
+"""Evaluator actors: each holds one anatomy's cases, warm evaluators and their pair caches.
+
+An actor builds its coarse and fine cases itself from the input ``Anatomy``, which the driver
+puts in the object store once (``ray.put``; Ray hands it to the constructor): a call then
+ships only a ``Plan`` (a few kB) and returns a ``PlanEvaluation`` (metrics and criteria,
+~50 kB), never field arrays. Keeping the
+evaluators in a long-lived actor keeps their pair-solution caches across trials, which is
+what makes a search that revisits needle pairs cheap.
+
+Start-up runs one coarse evaluation of a warm-up plan (the first seed: trial 0 then hits the
+cache) and one nonlinear pair on the coarse grid, so Numba's compiles (or cache loads) happen
+before the first measured trial. Numba threads: ``threads`` per actor (the driver passes cores
+per actor), re-applied on every call because Numba's setting is per thread.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from optimizer.anatomy.structures import Anatomy
+from optimizer.case import PreparedCase, prepare_case
+from optimizer.evaluate.evaluation import PlanEvaluation
+from optimizer.evaluate.evaluator import DEFAULT_CACHE_BYTES, EvaluatedPlan, PlanEvaluator
+from optimizer.evaluate.plan import Plan, PlanError
+from optimizer.evaluate.protocol import Protocol
+from optimizer.field.errors import SolverError
+from optimizer.tissue.table import TissueTable
+
+Fidelity = Literal["coarse", "fine"]
+# Errors that condemn one plan, not the worker: told as a failed trial.
+PLAN_ERRORS = (PlanError, SolverError)
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """How an actor builds its cases from the anatomy (the driver builds the same ones)."""
+
+    coarse_mm: float
+    fine_mm: float
+    margin_mm: float
+
+    def prepare(self, anatomy: Anatomy) -> tuple[PreparedCase, PreparedCase]:
+        coarse = prepare_case(anatomy, spacing_mm=self.coarse_mm, margin_mm=self.margin_mm)
+        if self.fine_mm == self.coarse_mm:
+            return coarse, coarse
+        fine = prepare_case(anatomy, spacing_mm=self.fine_mm, margin_mm=self.margin_mm)
+        return coarse, fine
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One evaluation: the plan's evaluation, or why there is none."""
+
+    evaluation: PlanEvaluation | None
+    error: str | None
+    seconds: float
+    pid: int
+    solved_pairs: int = 0
+    reused_pairs: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    pid: int
+    host: str
+    threads: int
+    startup_s: float
+    warmup_s: float
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def _set_threads(threads: int) -> int:
+    import numba
+
+    most = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+    n = max(1, min(int(threads), most))
+    numba.set_num_threads(n)
+    return n
+
+
+class EvaluatorWorker:
+    """The actor's body (plain Python: usable and testable without Ray)."""
+
+    def __init__(
+        self,
+        anatomy: Anatomy,
+        protocol: Protocol,
+        spec: CaseSpec,
+        *,
+        table: TissueTable | None = None,
+        threads: int = 1,
+        backend: str = "auto",
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        warm_plan: Plan | None = None,
+    ) -> None:
+        started = time.perf_counter()
+        self.threads = _set_threads(threads)
+        self.protocol = protocol
+        self.table = table
+        self.backend = backend
+        self.cache_bytes = cache_bytes
+        self.coarse_case, self.fine_case = spec.prepare(anatomy)
+        self.coarse = PlanEvaluator(
+            self.coarse_case, protocol, nonlinear=False, backend=backend, table=table,
+            cache_bytes=cache_bytes,
+        )  # fmt: skip
+        self._fine: PlanEvaluator | None = None  # built on first use: most actors never need it
+        ready = time.perf_counter()
+        if warm_plan is not None:
+            self._warm_up(warm_plan)
+        self.info_ = WorkerInfo(
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            threads=self.threads,
+            startup_s=ready - started,
+            warmup_s=time.perf_counter() - ready,
+            timings_s=dict(self.coarse_case.timings_s),
+        )
+
+    def _warm_up(self, plan: Plan) -> None:
+        try:
+            self.coarse.evaluate(plan)
+            one_pair = plan.model_copy(update={"pairs": plan.pairs[:1]})
+            PlanEvaluator(
+                self.coarse_case, self.protocol, nonlinear=True, backend=self.backend,
+                table=self.table, cache_bytes=0,
+            ).evaluate(one_pair)  # fmt: skip
+        except PLAN_ERRORS:
+            pass  # only the compiles matter here; the search reports the plan's own error
+
+    @property
+    def fine(self) -> PlanEvaluator:
+        if self._fine is None:
+            self._fine = PlanEvaluator(
+                self.fine_case, self.protocol, nonlinear=True, backend=self.backend,
+                table=self.table, cache_bytes=self.cache_bytes,
+            )  # fmt: skip
+        return self._fine
+
+    def _evaluator(self, fidelity: Fidelity) -> PlanEvaluator:
+        if fidelity == "coarse":
+            return self.coarse
+        if fidelity == "fine":
+            return self.fine
+        raise ValueError(f"fidelity must be 'coarse' or 'fine', not {fidelity!r}")
+
+    # ---- actor methods -----------------------------------------------------------------
+
+    def info(self) -> WorkerInfo:
+        return self.info_
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def evaluate(self, plan: Plan, fidelity: Fidelity = "coarse") -> Reply:
+        self.threads = _set_threads(self.threads)
+        evaluator = self._evaluator(fidelity)
+        started = time.perf_counter()
+        try:
+            done = evaluator.evaluate_with_fields(plan)
+        except PLAN_ERRORS as exc:
+            return Reply(None, str(exc), time.perf_counter() - started, os.getpid())
+        return Reply(
+            done.evaluation, None, time.perf_counter() - started, os.getpid(),
+            done.solved_pairs, done.reused_pairs,
+        )  # fmt: skip
+
+    def evaluate_with_fields(self, plan: Plan, fidelity: Fidelity = "fine") -> EvaluatedPlan:
+        """The evaluation with every pair's field (tens of MB on the fine grid): only for the
+        plan a search returns, whose fields this actor usually still has in its cache."""
+        self.threads = _set_threads(self.threads)
+        return self._evaluator(fidelity).evaluate_with_fields(plan)
+
+    def cache_info(self) -> dict[str, dict[str, int]]:
+        out = {"coarse": self.coarse.cache_info()}
+        if self._fine is not None and self._fine is not self.coarse:
+            out["fine"] = self._fine.cache_info()
+        return out

@@ -1,0 +1,759 @@
+"""The distributed plan search: Optuna ask/tell in the driver, evaluations on Ray actors.
+
+The driver owns the study (sampler, storage, tells); the actors (services.planner.actors) only
+evaluate plans. Exploration runs on the coarse grid, then the best ``refine_top_k`` distinct
+plans are re-evaluated on the fine grid with sigma(E) in parallel on the actors, and the best
+fine evaluation is the result (``optimizer.search.fidelity``: the same choice as the local
+``run_search``). At most one trial is in flight per worker.
+
+Order of tells and what is reproducible:
+- ``reproducible=True`` (default): synchronous batches. The driver asks one proposal per live
+  worker, sends proposal i of the batch to worker i, tells results in ask order (each as soon
+  as every earlier one of its batch is told) and asks the next batch when the whole batch is
+  told. The sampler thus sees the same history at every ask whatever the arrival order, and
+  each actor evaluates the same sequence of plans, so its pair cache (which decides between a
+  cached and a fresh solve: equal to solver tolerance, not bitwise) is the same too. Same
+  seed, same worker count, same inputs, a fresh study and a run that ends on its trial budget
+  (no time limit reached, no worker lost, not cancelled): same trials, same scores, same plan.
+- ``reproducible=False``: asynchronous. A worker gets a new proposal the moment it is free and
+  results are told as they arrive: no idle workers waiting for a slow batch member, no
+  reproducibility with more than one worker.
+
+Faults: a worker that dies mid-trial loses that trial only; it is told FAIL (user attribute
+``error`` says which worker died) and the pool replaces the actor (``max_restarts`` times per
+slot), which rebuilds its cases from the anatomy in the object store; nothing else is re-sent.
+Every told trial is in the storage as it is told.
+
+Stopping: the trial budget counts trials asked by this call (failed ones included); at the time
+limit no further trial is asked, trials in flight finish and are told, and the fine
+re-evaluation runs (always for the best candidate, the others only while in time).
+Cancellation (``cancel_event`` set, or Ctrl-C) kills the actors at once, tells the trials in
+flight FAIL and returns within a poll interval plus the tells: the result is then the best
+*coarse* evaluation of this run, without fine confirmation (``stopped_by`` is "cancelled" and
+``notes`` says so), or ``SearchCancelledError`` when nothing was evaluated yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import optuna
+import ray
+from optuna.samplers import BaseSampler
+from ray.exceptions import RayActorError, RayTaskError
+
+from optimizer.anatomy.readers import load_anatomy
+from optimizer.anatomy.structures import Anatomy
+from optimizer.evaluate.evaluation import PlanEvaluation
+from optimizer.evaluate.evaluator import DEFAULT_CACHE_BYTES, EvaluatedPlan, PlanEvaluator
+from optimizer.evaluate.plan import Plan, PlanError
+from optimizer.evaluate.protocol import Protocol
+from optimizer.search.fidelity import DEFAULT_TOP_K, Candidate, TwoFidelity, plan_identity
+from optimizer.search.local import (
+    ParetoPoint,
+    SearchError,
+    SearchProgress,
+    SearchResult,
+    _check_budget,
+)
+from optimizer.search.objective import ranking_key, score
+from optimizer.search.samplers import DEFAULT_MULTI_OBJECTIVE_SAMPLER, DEFAULT_SAMPLER, make_sampler
+from optimizer.search.seeding import geometric_seed_params, seed_params_from_plans
+from optimizer.search.settings import ScoreWeights, load_score_weights
+from optimizer.search.space import SearchSpace
+from optimizer.search.study import (
+    Proposal,
+    TrialRecord,
+    ask,
+    completed,
+    enqueue,
+    open_study,
+    pareto_front,
+    tell,
+    tell_error,
+)
+from optimizer.tissue.table import TissueTable
+from services.planner.actors import CaseSpec, Reply
+from services.planner.cluster import ClusterInfo, connect
+from services.planner.pool import DEFAULT_MAX_RESTARTS, POLL_S, PoolError, Worker, WorkerPool
+from services.planner.progress import ClusterProgress, InFlight
+from services.planner.storage import mask_url, open_storage, study_name_for
+
+DEFAULT_WORKERS = 2
+DEFAULT_COARSE_MM = 2.0
+DEFAULT_FINE_MM = 1.0
+# prepare_case's default margin around the target (mm).
+DEFAULT_MARGIN_MM = 30.0
+# User attributes the driver adds to each trial (besides the search library's).
+WORKER_ATTR = "worker"
+WORKER_PID_ATTR = "worker_pid"
+EVAL_SECONDS_ATTR = "evaluation_s"
+
+
+class SearchCancelledError(SearchError):
+    """Cancelled before any plan was evaluated: there is nothing to return."""
+
+
+@dataclass
+class _Task:
+    proposal: Proposal
+    worker: Worker
+    submitted: float
+
+
+@dataclass
+class _Outcome:
+    reply: Reply | None
+    error: str | None
+
+
+@dataclass
+class RunStats:
+    """Figures of one run beyond ``SearchResult`` (for search.json and benchmarks)."""
+
+    startup_s: float = 0.0
+    explore_s: float = 0.0
+    refine_s: float = 0.0
+    trials_told: int = 0
+    failed_trials: int = 0
+    worker_deaths: int = 0
+    unexpected_errors: int = 0
+    workers: int = 0
+    threads_per_worker: int = 0
+    cluster: ClusterInfo | None = None
+    worker_startup_s: list[float] = field(default_factory=list)
+
+    @property
+    def trials_per_s(self) -> float:
+        return self.trials_told / self.explore_s if self.explore_s > 0 else 0.0
+
+
+def _default_threads(cluster: ClusterInfo, workers: int) -> int:
+    per_node = max(1, cluster.cpus // max(cluster.nodes, 1))
+    return max(1, per_node // max(1, math.ceil(workers / max(cluster.nodes, 1))))
+
+
+class DistributedSearch:
+    """One search on a Ray cluster; ``run()`` once, then ``evaluate_with_fields`` for outputs.
+
+    Use as a context manager (or call ``close()``) so the actors are released.
+    """
+
+    def __init__(
+        self,
+        anatomy: str | Path | Anatomy,
+        protocol: Protocol,
+        *,
+        trials: int | None = 200,
+        time_limit_s: float | None = None,
+        workers: int = DEFAULT_WORKERS,
+        seed: int | None = 0,
+        multi_objective: bool = False,
+        sampler: str | BaseSampler | None = None,
+        storage_url: str | Path | None = None,
+        study_name: str | None = None,
+        ray_address: str | None = None,
+        seed_plans: Sequence[Plan] = (),
+        geometric_seeds: bool = True,
+        refine_top_k: int = DEFAULT_TOP_K,
+        coarse_mm: float = DEFAULT_COARSE_MM,
+        fine_mm: float = DEFAULT_FINE_MM,
+        margin_mm: float = DEFAULT_MARGIN_MM,
+        reproducible: bool = True,
+        threads_per_worker: int | None = None,
+        backend: str = "auto",
+        table: TissueTable | None = None,
+        weights: ScoreWeights | None = None,
+        max_restarts: int = DEFAULT_MAX_RESTARTS,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        _check_budget(trials, time_limit_s, 1)
+        if workers < 1:
+            raise SearchError(f"workers must be >= 1 (got {workers})")
+        if not (coarse_mm > 0 and fine_mm > 0):
+            raise SearchError(f"grid spacings must be > 0 mm (got {coarse_mm}, {fine_mm})")
+        self.anatomy_input = anatomy
+        self.protocol = protocol
+        self.trials = trials
+        self.time_limit_s = time_limit_s
+        self.workers = workers
+        self.seed = seed
+        self.multi_objective = multi_objective
+        self.sampler_arg = sampler
+        self.storage_url = None if storage_url is None else str(storage_url)
+        self.study_name_arg = study_name
+        self.ray_address = ray_address
+        self.seed_plans = list(seed_plans)
+        self.geometric_seeds = geometric_seeds
+        self.refine_top_k = refine_top_k
+        self.spec = CaseSpec(coarse_mm, fine_mm, margin_mm)
+        self.reproducible = reproducible
+        self.threads_per_worker = threads_per_worker
+        self.backend = backend
+        self.table = table
+        self.weights = weights if weights is not None else load_score_weights()
+        self.max_restarts = max_restarts
+        self.cache_bytes = cache_bytes
+        self.notes: list[str] = []
+        self.stats = RunStats(workers=workers)
+        self.pool: WorkerPool | None = None
+        self._fine_worker: dict[str, int] = {}
+        self._fine_seconds: dict[str, float] = {}
+        self._prepared = False
+        self._ran = False
+
+    # ---- context -----------------------------------------------------------------------
+
+    def __enter__(self) -> DistributedSearch:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+    # ---- set-up ------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Everything that can fail on bad input, before any cluster work: the anatomy, both
+        cases, the search space (an unreachable target fails here), sampler and storage."""
+        a = self.anatomy_input
+        self.anatomy = a if isinstance(a, Anatomy) else load_anatomy(a)
+        self.case_coarse, self.case_fine = self.spec.prepare(self.anatomy)
+        others = [] if self.case_coarse is self.case_fine else [self.case_coarse.obstacles]
+        self.space = SearchSpace(self.case_fine, self.protocol, also_clear_on=others)
+        if isinstance(self.sampler_arg, BaseSampler):
+            self.sampler, self.sampler_name = self.sampler_arg, type(self.sampler_arg).__name__
+        else:
+            self.sampler_name = self.sampler_arg or (
+                DEFAULT_MULTI_OBJECTIVE_SAMPLER if self.multi_objective else DEFAULT_SAMPLER
+            )
+            self.sampler = make_sampler(
+                self.sampler_name, seed=self.seed, multi_objective=self.multi_objective,
+                space=self.space,
+            )  # fmt: skip
+        self.study_name = self.study_name_arg or study_name_for(
+            self.case_fine.case_id, self.protocol.name, self.seed,
+            multi_objective=self.multi_objective,
+        )  # fmt: skip
+        storage = open_storage(self.storage_url)
+        self.study = open_study(
+            self.space, self.sampler, multi_objective=self.multi_objective, storage=storage,
+            study_name=self.study_name,
+        )  # fmt: skip
+        self.resumed_trials = len(self.study.trials)
+        starts: list[dict[str, Any]] = []
+        if not self.study.trials:
+            extra, skipped = seed_params_from_plans(self.space, self.seed_plans)
+            self.notes += skipped
+            starts = [*extra, *(geometric_seed_params(self.space) if self.geometric_seeds else [])]
+            enqueue(self.study, starts)
+        else:
+            self.notes.append(
+                f"resumed study {self.study_name!r} with {self.resumed_trials} earlier trials"
+                + (f" in {mask_url(self.storage_url)}" if self.storage_url else "")
+            )
+        self.warm_plan = self.space.decode(starts[0], name="warm-up") if starts else None
+        self._prepared = True
+
+    def _start_workers(
+        self, should_stop: Callable[[], bool], report: Callable[[str], None]
+    ) -> bool:
+        report("connecting to Ray")
+        cluster = connect(self.ray_address, num_cpus=max(os.cpu_count() or 1, self.workers))
+        self.stats.cluster = cluster
+        threads = self.threads_per_worker or _default_threads(cluster, self.workers)
+        self.stats.threads_per_worker = threads
+        report(f"starting {self.workers} workers ({threads} threads each)")
+        # Kept on self: a replacement actor is built from the same reference.
+        self.anatomy_ref = ray.put(self.anatomy)
+        self.pool = WorkerPool(
+            self.anatomy_ref, self.protocol, self.spec, workers=self.workers, threads=threads,
+            backend=self.backend, table=self.table, cache_bytes=self.cache_bytes,
+            warm_plan=self.warm_plan, max_restarts=self.max_restarts,
+        )  # fmt: skip
+        ready = self.pool.wait_ready(should_stop=should_stop)
+        self.stats.worker_startup_s = [
+            i.startup_s + i.warmup_s for _, i in sorted(self.pool.infos.items())
+        ]
+        return ready
+
+    # ---- the run -----------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        on_progress: Callable[[SearchProgress], None] | None = None,
+        cancel_event: threading.Event | None = None,
+    ) -> SearchResult:
+        if self._ran:
+            raise SearchError("a DistributedSearch runs once; make a new one")
+        self._ran = True
+        self.started = time.monotonic()
+        self.deadline = None if self.time_limit_s is None else self.started + self.time_limit_s
+        self.cancel_event = cancel_event or threading.Event()
+        self.on_progress = on_progress
+        self.history: list[TrialRecord] = []
+        self.best: TrialRecord | None = None
+        self.best_evaluation: PlanEvaluation | None = None
+        self.asked = 0
+        self.explore_started = self.started
+        self.explore_ended: float | None = None
+        self.inflight: dict[ray.ObjectRef, _Task] = {}
+        self.batch: list[_Task] = []
+        self.held: dict[int, _Outcome] = {}
+
+        def stop_start() -> bool:
+            return self._cancelled() or self._late()
+
+        try:
+            if not self._prepared:
+                self._report("start", "building the planning grids")
+                self.prepare()
+            if self._start_workers(stop_start, lambda m: self._report("start", m)):
+                self.stats.startup_s = time.monotonic() - self.started
+                self.explore_started = time.monotonic()
+                stopped_by = self._explore()
+            else:
+                stopped_by = "cancelled" if self._cancelled() else "time"
+            self.explore_ended = time.monotonic()
+            self.stats.explore_s = self.explore_ended - self.explore_started
+            if stopped_by == "cancelled":
+                return self._cancel()
+            started_refine = time.monotonic()
+            result = self._refine(stopped_by)
+            self.stats.refine_s = time.monotonic() - started_refine
+        except KeyboardInterrupt:
+            self.cancel_event.set()
+            return self._cancel()
+        except PoolError as exc:
+            self._abandon(f"not evaluated: {exc}")
+            raise SearchError(str(exc)) from exc
+        self._report("done", "")
+        return result
+
+    def _cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def _late(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    # ---- exploration -------------------------------------------------------------------
+
+    def _may_ask(self) -> bool:
+        return (self.trials is None or self.asked < self.trials) and not self._late()
+
+    def _submit(self, proposal: Proposal, worker: Worker) -> None:
+        assert self.pool is not None
+        ref = self.pool.submit(worker, proposal.plan, "coarse")
+        task = _Task(proposal, worker, time.monotonic())
+        self.inflight[ref] = task
+        if self.reproducible:
+            self.batch.append(task)
+        self.asked += 1
+
+    def _fill(self) -> None:
+        """Hand out proposals: a whole batch when the last one is told (reproducible), else
+        one to each idle worker."""
+        assert self.pool is not None
+        if not self._may_ask():
+            return
+        alive = self.pool.alive
+        if self.reproducible:
+            if self.batch or self.inflight:
+                return
+            idle = alive
+        else:
+            busy = {t.worker.index for t in self.inflight.values()}
+            idle = [w for w in alive if w.index not in busy]
+        n = len(idle) if self.trials is None else min(len(idle), self.trials - self.asked)
+        if n <= 0:
+            return
+        for proposal, worker in zip(ask(self.study, self.space, n), idle, strict=False):
+            self._submit(proposal, worker)
+        self._report("explore", "")  # shows the new trials in flight
+
+    def _explore(self) -> str:
+        assert self.pool is not None
+        while True:
+            if self._cancelled():
+                return "cancelled"
+            self._fill()
+            if not self.inflight:
+                break
+            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=POLL_S)
+            for ref in done:
+                self._receive(ref)
+        if self.trials is not None and self.asked >= self.trials:
+            return "trials"
+        return "time"
+
+    def _receive(self, ref: ray.ObjectRef) -> None:
+        assert self.pool is not None
+        task = self.inflight.pop(ref)
+        worker = task.worker
+        died = False
+        try:
+            reply: Reply = ray.get(ref)
+        except RayActorError as exc:
+            self.stats.worker_deaths += 1
+            outcome = _Outcome(
+                None,
+                f"not evaluated: worker {worker.index} (pid {worker.pid}) died during the "
+                f"evaluation ({type(exc).__name__})",
+            )
+            died = True
+        except RayTaskError as exc:
+            self.stats.unexpected_errors += 1
+            cause = exc.cause if exc.cause is not None else exc
+            outcome = _Outcome(None, f"evaluation raised {type(cause).__name__}: {cause}")
+            if self.stats.unexpected_errors == 1:
+                self.notes.append(f"trial {task.proposal.number}: {outcome.error}")
+        else:
+            worker.pid = reply.pid
+            outcome = _Outcome(reply, reply.error)
+        if not self.reproducible:
+            self._tell(task, outcome)
+        else:
+            self.held[task.proposal.number] = outcome
+            while self.batch and self.batch[0].proposal.number in self.held:
+                first = self.batch.pop(0)
+                self._tell(first, self.held.pop(first.proposal.number))
+        if died:
+            self.pool.died(worker)  # after the tell: raises when no worker is left
+
+    def _tell(self, task: _Task, outcome: _Outcome) -> None:
+        trial = task.proposal.trial
+        trial.set_user_attr(WORKER_ATTR, task.worker.index)
+        pid = outcome.reply.pid if outcome.reply is not None else task.worker.pid
+        if pid is not None:
+            trial.set_user_attr(WORKER_PID_ATTR, pid)
+        if outcome.reply is not None:
+            trial.set_user_attr(EVAL_SECONDS_ATTR, outcome.reply.seconds)
+        seconds = self._seconds()
+        if outcome.reply is None or outcome.reply.evaluation is None:
+            record = tell_error(
+                self.study, task.proposal, outcome.error or "not evaluated", seconds=seconds
+            )
+            self.stats.failed_trials += 1
+        else:
+            record = tell(
+                self.study, task.proposal, outcome.reply.evaluation, seconds=seconds,
+                multi_objective=self.multi_objective, weights=self.weights,
+            )  # fmt: skip
+            if self.best is None or ranking_key(record.passed, record.score) < ranking_key(
+                self.best.passed, self.best.score
+            ):
+                self.best = record
+                self.best_evaluation = outcome.reply.evaluation
+        self.stats.trials_told += 1
+        self.history.append(record)
+        self._report("explore", "")
+
+    # ---- progress ----------------------------------------------------------------------
+
+    def _report(self, phase: str, message: str) -> None:
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        explored = (self.explore_ended or now) - self.explore_started
+        told = self.stats.trials_told
+        best = self.best
+        alive = len(self.pool.alive) if self.pool is not None else 0
+        self.on_progress(
+            ClusterProgress(
+                phase=phase,
+                trials_done=told,
+                trials_budget=self.trials,
+                elapsed_s=now - self.started,
+                trials_per_s=told / explored if explored > 0 and told else 0.0,
+                best_score=None if best is None else best.score,
+                best_passed=best is not None and best.passed,
+                criteria_met=0 if best is None else best.criteria_met,
+                criteria_applicable=0 if best is None else best.criteria_applicable,
+                best_trial=None if best is None else best.number,
+                message=message,
+                workers=self.workers,
+                workers_alive=alive,
+                failed_trials=self.stats.failed_trials,
+                worker_deaths=self.stats.worker_deaths,
+                in_flight=tuple(
+                    InFlight(t.proposal.number, t.worker.index, t.worker.pid, "coarse")
+                    for t in self.inflight.values()
+                ),
+            )
+        )
+
+    # ---- fine confirmation ---------------------------------------------------------------
+
+    def _candidates(self, trials: Sequence[optuna.trial.FrozenTrial]) -> list[Candidate]:
+        return [
+            Candidate(
+                t.number,
+                dict(t.params),
+                self.space.decode(t.params, name=f"trial {t.number}"),
+                float(t.user_attrs["score"]),
+                bool(t.user_attrs.get("passed", False)),
+            )
+            for t in trials
+        ]
+
+    def _refine(self, stopped_by: str) -> SearchResult:
+        assert self.pool is not None
+        done = completed(self.study)
+        if not done:
+            last = next((r.error for r in reversed(self.history) if r.error), None)
+            raise SearchError(
+                f"the search stopped ({stopped_by}) before any plan was evaluated on case "
+                f"{self.space.case.case_id!r}" + (f"; last error: {last}" if last else "")
+            )
+        pool_trials = pareto_front(done) if self.multi_objective else done
+        candidates = self._candidates(pool_trials)
+        self._report("refine", "re-evaluating the best plans on the fine grid")
+        results = self._fine_evaluations(TwoFidelity(_unused, _unused, self.refine_top_k)
+                                         .pick(candidates))  # fmt: skip
+        if results is None:
+            return self._cancel()
+
+        def fine(plan: Plan) -> PlanEvaluation:
+            found = results.get(plan_identity(plan))
+            if found is None:
+                raise PlanError("fine evaluation not finished: the time limit had passed")
+            if isinstance(found, str):
+                raise PlanError(found)
+            return found
+
+        levels = TwoFidelity(_unused, fine, top_k=self.refine_top_k, weights=self.weights)
+        # refine() timed the look-up; report the workers' evaluation time instead.
+        refined = [
+            dataclasses.replace(
+                r, seconds=self._fine_seconds.get(plan_identity(r.candidate.plan), r.seconds)
+            )
+            for r in levels.refine(candidates)
+        ]
+        chosen = refined[0] if refined else None
+        if chosen is None or chosen.evaluation is None or chosen.score is None:
+            errors = "; ".join(r.error or "" for r in refined)
+            raise SearchError(f"no candidate could be evaluated on the fine level: {errors}")
+        c = chosen.candidate
+        return SearchResult(
+            plan=c.plan,
+            evaluation=chosen.evaluation,
+            score=chosen.score,
+            trial_number=c.trial_number,
+            params=c.params,
+            coarse_score=c.coarse_score,
+            refined=refined,
+            history=self.history,
+            trials_run=self.stats.trials_told,
+            trials_in_study=len(self.study.trials),
+            elapsed_s=self._seconds(),
+            stopped_by=stopped_by,
+            study_name=self.study.study_name,
+            sampler=self.sampler_name,
+            seed=self.seed,
+            pareto=self._pareto(pool_trials),
+            notes=self._notes(),
+        )
+
+    def _fine_evaluations(
+        self, picked: Sequence[Candidate]
+    ) -> dict[str, PlanEvaluation | str] | None:
+        """Fine evaluations of ``picked`` in parallel (candidate i on live worker i mod n);
+        None when cancelled. Waits for all, or once late for the first that evaluates."""
+        assert self.pool is not None
+        alive = self.pool.alive
+        pending: dict[ray.ObjectRef, tuple[int, Candidate, Worker]] = {}
+        for i, c in enumerate(picked):
+            worker = alive[i % len(alive)]
+            pending[self.pool.submit(worker, c.plan, "fine")] = (i, c, worker)
+        out: dict[str, PlanEvaluation | str] = {}
+        have_first = False
+        while pending:
+            if self._cancelled():
+                return None
+            if self._late() and have_first:
+                break
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+            for ref in done:
+                i, c, worker = pending.pop(ref)
+                key = plan_identity(c.plan)
+                try:
+                    reply: Reply = ray.get(ref)
+                except RayActorError as exc:
+                    out[key] = f"worker {worker.index} died during the fine evaluation ({exc})"
+                    self.stats.worker_deaths += 1
+                    self.pool.died(worker)
+                    continue
+                except RayTaskError as exc:
+                    out[key] = f"fine evaluation raised {exc.cause or exc}"
+                    continue
+                self._fine_seconds[key] = reply.seconds
+                if reply.evaluation is None:
+                    out[key] = reply.error or "not evaluated"
+                else:
+                    out[key] = reply.evaluation
+                    self._fine_worker[key] = worker.index
+            # As in TwoFidelity.refine: once late, keep what has evaluated, in coarse order.
+            have_first = any(isinstance(out.get(plan_identity(c.plan)), PlanEvaluation)
+                             for c in picked)  # fmt: skip
+        return out
+
+    def _pareto(self, trials: Sequence[optuna.trial.FrozenTrial]) -> list[ParetoPoint]:
+        if not self.multi_objective:
+            return []
+        return [
+            ParetoPoint(
+                t.number,
+                dict(t.params),
+                self.space.decode(t.params, name=f"trial {t.number}"),
+                tuple(t.values),
+                bool(t.user_attrs.get("passed", False)),
+                float(t.user_attrs["score"]),
+            )
+            for t in sorted(trials, key=lambda t: t.values)
+        ]
+
+    def _notes(self) -> list[str]:
+        notes = list(self.notes)
+        if self.stats.worker_deaths:
+            notes.append(
+                f"{self.stats.worker_deaths} worker death(s): each lost its trial in flight "
+                "(told FAIL); the pool replaced the workers"
+            )
+        if self.stats.unexpected_errors:
+            notes.append(f"{self.stats.unexpected_errors} trial(s) raised an unexpected error")
+        return notes
+
+    # ---- cancellation ------------------------------------------------------------------
+
+    def _abandon(self, message: str) -> None:
+        """Kill the workers and tell every asked, untold trial: completed results in ask
+        order as they are, the rest FAIL with ``message``."""
+        if self.pool is not None:
+            self.pool.shutdown()
+        waiting = {t.proposal.number: t for t in self.inflight.values()}
+        ordered = [*self.batch, *(t for n, t in sorted(waiting.items())
+                                  if all(b.proposal.number != n for b in self.batch))]
+        self.inflight.clear()
+        self.batch.clear()
+        for task in ordered:
+            outcome = self.held.pop(task.proposal.number, None)
+            # RuntimeError/ValueError: already finished in storage (interrupted mid-tell).
+            with contextlib.suppress(RuntimeError, ValueError):
+                self._tell(task, outcome or _Outcome(None, message))
+
+    def _cancel(self) -> SearchResult:
+        if not self._prepared:
+            self.close()
+            raise SearchCancelledError("the search was cancelled while it was being set up")
+        self._abandon("not evaluated: search cancelled")
+        best, evaluation = self.best, self.best_evaluation
+        if best is None or evaluation is None:
+            raise SearchCancelledError(
+                "the search was cancelled before any plan was evaluated; "
+                f"{len(completed(self.study))} completed trial(s) are in study "
+                f"{self.study.study_name!r}"
+            )
+        params = dict(self.study.trials[best.number].params)
+        plan = self.space.decode(params, name=f"trial {best.number}")
+        breakdown = score(evaluation, self.weights)
+        result = SearchResult(
+            plan=plan,
+            evaluation=evaluation,
+            score=breakdown,
+            trial_number=best.number,
+            params=params,
+            coarse_score=best.score,
+            refined=[],
+            history=self.history,
+            trials_run=self.stats.trials_told,
+            trials_in_study=len(self.study.trials),
+            elapsed_s=self._seconds(),
+            stopped_by="cancelled",
+            study_name=self.study.study_name,
+            sampler=self.sampler_name,
+            seed=self.seed,
+            notes=[
+                *self._notes(),
+                f"cancelled before the fine re-evaluation: the plan and its evaluation are the "
+                f"coarse exploration result of trial {best.number} ({self.spec.coarse_mm:g} mm "
+                "grid, constant conductivity)",
+            ],
+        )
+        self._report("done", "cancelled")
+        return result
+
+    # ---- outputs -----------------------------------------------------------------------
+
+    def evaluate_with_fields(self, plan: Plan) -> EvaluatedPlan:
+        """The fine evaluation of ``plan`` with its fields, from the worker that evaluated it
+        (its cache holds the solutions), else any worker, else in this process."""
+        key = plan_identity(plan)
+        if self.pool is not None and self.pool.alive:
+            alive = self.pool.alive
+            index = self._fine_worker.get(key)
+            ordered = sorted(alive, key=lambda w: w.index != index)
+            for worker in ordered:
+                try:
+                    evaluated: EvaluatedPlan = ray.get(self.pool.fields(worker, plan))
+                    return evaluated
+                except RayActorError:
+                    continue
+        evaluator = PlanEvaluator(
+            self.case_fine, self.protocol, nonlinear=True, backend=self.backend, table=self.table
+        )
+        return evaluator.evaluate_with_fields(plan)
+
+
+def _unused(plan: Plan) -> PlanEvaluation:
+    raise AssertionError("the coarse level runs on the actors, not through TwoFidelity")
+
+
+def plan_distributed(
+    anatomy: str | Path | Anatomy,
+    protocol: Protocol,
+    *,
+    trials: int | None = 200,
+    time_limit_s: float | None = None,
+    workers: int = DEFAULT_WORKERS,
+    seed: int | None = 0,
+    multi_objective: bool = False,
+    sampler: str | BaseSampler | None = None,
+    storage_url: str | Path | None = None,
+    study_name: str | None = None,
+    ray_address: str | None = None,
+    seed_plans: Sequence[Plan] = (),
+    on_progress: Callable[[SearchProgress], None] | None = None,
+    cancel_event: threading.Event | None = None,
+    **options: Any,
+) -> SearchResult:
+    """Run one distributed search and release its workers (see ``DistributedSearch`` for the
+    further ``options``: grids, refine_top_k, reproducible, threads_per_worker, ...)."""
+    with DistributedSearch(
+        anatomy, protocol, trials=trials, time_limit_s=time_limit_s, workers=workers, seed=seed,
+        multi_objective=multi_objective, sampler=sampler, storage_url=storage_url,
+        study_name=study_name, ray_address=ray_address, seed_plans=seed_plans, **options,
+    ) as search:  # fmt: skip
+        return search.run(on_progress=on_progress, cancel_event=cancel_event)

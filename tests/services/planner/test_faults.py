@@ -1,0 +1,123 @@
+"""Faults and stops with real Ray actors: a worker killed mid-trial, cancellation, Ctrl-C."""
+
+from __future__ import annotations
+
+import _thread
+import os
+import signal
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from optimizer.search.local import SearchProgress
+from optimizer.search.study import ERROR_ATTR
+from services.planner.driver import WORKER_ATTR, DistributedSearch, SearchCancelledError
+from services.planner.progress import ClusterProgress
+from tests.services.planner.conftest import QUICK
+
+
+def test_a_worker_killed_mid_trial_loses_only_its_trial(ray_cluster, lesion, ect, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    killed: dict[str, object] = {}
+
+    def kill_once(p: SearchProgress) -> None:
+        # Right after a batch was handed out both workers are mid-trial.
+        assert isinstance(p, ClusterProgress)
+        if killed or p.trials_done < 4 or len(p.in_flight) < 2:
+            return
+        victim = next(t for t in p.in_flight if t.worker == 1)
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        killed["pid"] = victim.pid
+        killed["trials"] = {t.trial for t in p.in_flight if t.worker == victim.worker}
+
+    with DistributedSearch(lesion, ect, trials=12, workers=2, seed=0, storage_url=url,
+                           study_name="killed", **QUICK) as search:  # fmt: skip
+        result = search.run(on_progress=kill_once)
+    assert killed, "the search never had both workers busy"
+    assert search.stats.worker_deaths == 1
+    assert result.trials_run == 12 and result.stopped_by == "trials"
+    assert any("worker death" in n for n in result.notes)
+    stored = optuna.load_study(study_name="killed", storage=url)
+    failed = {t.number for t in stored.trials if t.state == TrialState.FAIL}
+    assert failed == killed["trials"]
+    for t in stored.trials:
+        if t.number in failed:
+            assert "worker 1" in t.user_attrs[ERROR_ATTR] and "died" in t.user_attrs[ERROR_ATTR]
+        else:
+            assert t.state == TrialState.COMPLETE and "score" in t.user_attrs
+    # The replacement actor (another process) went on evaluating trials in slot 1.
+    later = [t for t in stored.trials if t.number > max(failed) and t.user_attrs[WORKER_ATTR] == 1]
+    assert later and all(t.state == TrialState.COMPLETE for t in later)
+    assert all(t.user_attrs["worker_pid"] != killed["pid"] for t in later)
+    assert len(stored.trials) == 12
+
+
+def _run_in_thread(search: DistributedSearch, cancel: threading.Event, started: threading.Event):
+    box: dict[str, object] = {}
+
+    def progress(p: SearchProgress) -> None:
+        if p.trials_done >= 3:
+            started.set()
+
+    def target() -> None:
+        try:
+            box["result"] = search.run(on_progress=progress, cancel_event=cancel)
+        except BaseException as exc:
+            box["error"] = exc
+        box["returned_at"] = time.monotonic()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, box
+
+
+def test_cancellation_stops_within_two_seconds_and_keeps_completed_trials(
+    ray_cluster, lesion, ect, tmp_path
+):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    cancel, going = threading.Event(), threading.Event()
+    search = DistributedSearch(lesion, ect, trials=100_000, workers=2, storage_url=url,
+                               study_name="cancelled", **QUICK)  # fmt: skip
+    thread, box = _run_in_thread(search, cancel, going)
+    assert going.wait(120), "no trial finished"
+    cancel.set()
+    set_at = time.monotonic()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert box["returned_at"] - set_at < 2.0
+    result = box["result"]
+    assert result.stopped_by == "cancelled"
+    assert any("cancelled before the fine re-evaluation" in n for n in result.notes)
+    stored = optuna.load_study(study_name="cancelled", storage=url)
+    states = [t.state for t in stored.trials]
+    assert TrialState.RUNNING not in states
+    assert states.count(TrialState.COMPLETE) == sum(r.error is None for r in result.history)
+    assert states.count(TrialState.COMPLETE) >= 3
+    # The workers were killed with the search.
+    assert search.pool is None or not search.pool.alive
+
+
+def test_ctrl_c_cancels_like_the_event(ray_cluster, lesion, ect):
+    search = DistributedSearch(lesion, ect, trials=100_000, workers=1, **QUICK)
+    seen: list[float] = []
+
+    def interrupt_after_three(p: SearchProgress) -> None:
+        if p.trials_done >= 3 and not seen:
+            seen.append(time.monotonic())
+            _thread.interrupt_main()  # what Ctrl-C does: KeyboardInterrupt in the main thread
+
+    result = search.run(on_progress=interrupt_after_three)
+    assert time.monotonic() - seen[0] < 2.0
+    assert result.stopped_by == "cancelled" and result.trials_run >= 3
+    search.close()
+
+
+def test_cancelling_before_anything_was_evaluated_says_so(ray_cluster, lesion, ect):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(SearchCancelledError, match="cancelled"):
+        DistributedSearch(lesion, ect, trials=5, workers=1, **QUICK).run(cancel_event=cancel)

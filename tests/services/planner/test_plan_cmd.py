@@ -1,0 +1,123 @@
+"""``ectplan plan`` end to end: every output file, multi-objective, and its bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from optimizer.anatomy.readers.npz import save_anatomy_npz
+from optimizer.anatomy.structures import Anatomy, Structure
+from optimizer.evaluate.plan import Plan
+from optimizer.search.samplers import DEFAULT_SAMPLER
+from services.cli.main import main
+
+REPO = Path(__file__).resolve().parents[3]
+EVALUATE_FILES = (
+    "metrics.json", "field_max_V_per_cm.nii.gz", "field_max_V_per_cm_planning.nii.gz",
+    "needles.mrk.json", "report.html", "slices.png", "field_volume_histograms.png",
+)  # fmt: skip
+
+
+def test_plan_writes_the_plan_its_evaluation_and_the_search_record(
+    ray_cluster, lesion_npz, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    code = main(["plan", "--anatomy", str(lesion_npz), "--protocol", "ect", "--out", str(out),
+                 "--trials", "10", "--workers", "2", "--grid-mm", "2", "--seed", "1"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    for name in ("plan.json", "search.json", "search_history.png", "study.db", *EVALUATE_FILES):
+        assert (out / name).is_file(), name
+    assert not (out / "pareto.json").exists()
+    plan = Plan.load(out / "plan.json")
+    metrics = json.loads((out / "metrics.json").read_text())
+    search = json.loads((out / "search.json").read_text())
+    assert metrics["plan"] == json.loads(plan.to_json())
+    assert metrics["nonlinear"] is True and metrics["search"]["trials_run"] == 10
+    assert search["trials"]["run"] == 10 and search["trials"]["in_study"] == 10
+    assert search["sampler"] == DEFAULT_SAMPLER and search["seed"] == 1
+    assert search["stopped_by"] == "trials"
+    assert search["storage"] == f"sqlite:///{(out / 'study.db').resolve()}"
+    assert search["workers"]["count"] == 2 and search["trials_per_s"] > 0
+    # What could not be met, and by how much, agrees with the plan's own evaluation.
+    assert search["passed"] == metrics["passed"]
+    unmet_required = [u["id"] for u in search["unmet"] if u["severity"] == "required"]
+    assert sorted(unmet_required) == sorted(metrics["failed_required"])
+    assert all(u["margin"] is None or u["margin"] < 0 for u in search["unmet"])
+    verdict = "meets every required criterion" if metrics["passed"] else "does NOT meet"
+    assert verdict in " ".join(printed.split())
+    stored = optuna.load_study(study_name=search["study_name"], storage=search["storage"])
+    assert len(stored.trials) == 10
+
+
+def test_multi_objective_search_writes_the_pareto_front(ray_cluster, lesion_npz, tmp_path):
+    out = tmp_path / "out"
+    code = main(["plan", "--anatomy", str(lesion_npz), "--protocol", "ect", "--out", str(out),
+                 "--trials", "8", "--workers", "1", "--grid-mm", "2",
+                 "--multi-objective"])  # fmt: skip
+    assert code == 0
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["points"]
+    for point in pareto["points"]:
+        assert set(point["objectives"]) == {"uncovered_fraction", "organ_at_risk_exposure",
+                                            "needles"}  # fmt: skip
+        Plan.model_validate(point["plan"])
+    assert json.loads((out / "search.json").read_text())["sampler"] == "nsga2"
+
+
+def test_a_zero_budget_is_refused(lesion_npz, tmp_path, capsys):
+    started = time.monotonic()
+    code = main(["plan", "--anatomy", str(lesion_npz), "--protocol", "ect",
+                 "--out", str(tmp_path / "out"), "--trials", "0"])  # fmt: skip
+    assert code == 2
+    assert "trials must be >= 1" in capsys.readouterr().err
+    assert time.monotonic() - started < 5.0
+
+
+def test_a_target_no_needle_can_reach_is_refused(lesion: Anatomy, tmp_path, capsys):
+    xyz = lesion.grid.voxel_centres()
+    wall, _ = Structure.from_name("pubic_bone", (xyz[..., 2] > -12) & (xyz[..., 2] < -8))
+    blocked = Anatomy(lesion.grid, [*lesion.structures, wall], case_id="blocked-lesion",
+                      source="test")  # fmt: skip
+    path = save_anatomy_npz(blocked, tmp_path / "blocked.npz")
+    code = main(["plan", "--anatomy", str(path), "--protocol", "ect",
+                 "--out", str(tmp_path / "out"), "--trials", "5"])  # fmt: skip
+    assert code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no template hole reaches the target" in err and "pubic_bone" in err
+
+
+def test_an_unreachable_ray_address_is_a_quick_clear_error(lesion_npz, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = str(REPO)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from services.cli.main import main; sys.exit(main())",
+         "plan", "--anatomy", str(lesion_npz),
+         "--protocol", "ect", "--out", str(tmp_path / "out"), "--trials", "5",
+         "--grid-mm", "2", "--ray-address", "127.0.0.1:1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "cannot reach a Ray cluster" in " ".join(done.stderr.split())
+    assert time.monotonic() - started < 25.0
+
+
+@pytest.mark.realdata
+def test_plan_on_a_real_case(ray_cluster, real_case_dir, tmp_path):
+    out = tmp_path / "out"
+    case = real_case_dir("prostatex-0000")
+    code = main(["plan", "--anatomy", str(case), "--protocol", "ect", "--out", str(out),
+                 "--trials", "6", "--workers", "2", "--grid-mm", "2"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["case"] == "prostatex-0000" and metrics["organs_modelled"] is True
+    assert np.isfinite(json.loads((out / "search.json").read_text())["best"]["score"])
