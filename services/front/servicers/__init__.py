@@ -1,0 +1,1 @@
+"""The gRPC servicers: anatomy uploads, plan jobs, plan evaluation."""
