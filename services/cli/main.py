@@ -14,7 +14,14 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from services.cli import anatomy_cmd, demo_cmd, evaluate_cmd
+    from services.cli import (
+        anatomy_cmd,
+        demo_cmd,
+        evaluate_cmd,
+        jobs_cmd,
+        plan_cmd,
+        serve_cmd,
+    )
 
     parser = argparse.ArgumentParser(
         prog="ectplan",
@@ -22,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ectplan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (demo_cmd, anatomy_cmd, evaluate_cmd):
+    for module in (demo_cmd, anatomy_cmd, evaluate_cmd, plan_cmd, serve_cmd, jobs_cmd):
         module.register(sub)
     return parser
 
