@@ -166,7 +166,7 @@ class SearchResult:
         }
 
 
-def _check_budget(trials: int | None, time_limit_s: float | None, batch_size: int) -> None:
+def check_budget(trials: int | None, time_limit_s: float | None, batch_size: int) -> None:
     if trials is None and time_limit_s is None:
         raise SearchError("give a trial budget (trials=...) or a time limit (time_limit_s=...)")
     if trials is not None and trials < 1:
@@ -208,7 +208,7 @@ def run_search(
     (linear) and the fine case (nonlinear). ``trials`` counts trials run by this call (a stored
     study resumes with its earlier trials as history); seeds are enqueued only into a new study.
     """
-    _check_budget(trials, time_limit_s, batch_size)
+    check_budget(trials, time_limit_s, batch_size)
     started = time.monotonic()
     deadline = started + time_limit_s if time_limit_s is not None else None
     w = weights if weights is not None else load_score_weights()

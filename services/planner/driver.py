@@ -64,7 +64,7 @@ from optimizer.search.local import (
     SearchError,
     SearchProgress,
     SearchResult,
-    _check_budget,
+    check_budget,
 )
 from optimizer.search.objective import ranking_key, score
 from optimizer.search.samplers import DEFAULT_MULTI_OBJECTIVE_SAMPLER, DEFAULT_SAMPLER, make_sampler
@@ -177,7 +177,7 @@ class DistributedSearch:
         max_restarts: int = DEFAULT_MAX_RESTARTS,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
-        _check_budget(trials, time_limit_s, 1)
+        check_budget(trials, time_limit_s, 1)
         if workers < 1:
             raise SearchError(f"workers must be >= 1 (got {workers})")
         if not (coarse_mm > 0 and fine_mm > 0):
