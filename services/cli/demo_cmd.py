@@ -57,6 +57,9 @@ def _progress_text(event: object) -> str:
 def run(args: argparse.Namespace) -> int:
     # gRPC's C core logs a line at every fork Ray makes; only errors matter here.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it all
     from optimizer.anatomy.phantom import make_phantom
     from optimizer.anatomy.readers import load_anatomy
     from optimizer.case import default_anatomy_path, prepare_case
