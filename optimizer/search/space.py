@@ -19,12 +19,13 @@ and the GA all see one flat space, and ask/tell works with ``fixed_distributions
   of two core needles gets the first train, every other pair the second.
 
 Why grid coordinates rather than a categorical hole: a needle moved by one hole (5 mm) changes
-the field a little, so plan quality varies smoothly with (column, row). TPE's Parzen estimators
-over ordered integers and the GA's +-1 mutations exploit that; a categorical of ~60 labels has
-no notion of neighbourhood, so TPE must see each label several times per slot before it learns
-anything and NSGA-II's mutation jumps anywhere. The cost is that non-admissible grid cells snap
-to the nearest admissible hole, a many-to-one plateau, which samplers tolerate. Both encodings
-are implemented (``hole_encoding``) so the benchmark can compare them.
+the field a little, so plan quality varies smoothly with (column, row); the GA's +-1 mutations
+(the default sampler) and TPE's Parzen estimators over ordered integers can use that, while a
+categorical of ~60 labels has no notion of neighbourhood and NSGA-II's mutation of it jumps
+anywhere. The cost is that non-admissible grid cells snap to the nearest admissible hole, a
+many-to-one plateau. Measured for TPE (data/sampler_choice.toml) neither encoding wins: grid
+was slightly better for ECT, categorical better for IRECT at 300 evaluations. Both are
+implemented (``hole_encoding``).
 
 Only admissible holes are ever proposed: a hole is admissible when the target's reach check
 (``optimizer.electrodes.hole_reach``) finds a clear path that reaches the target on the case

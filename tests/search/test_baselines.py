@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import optuna
 import pytest
@@ -11,14 +12,11 @@ from optimizer.search.baselines import GeneticSampler, random_search
 from optimizer.search.space import SearchSpace
 
 
-def hole_distance(space: SearchSpace, params: dict[str, object]) -> float:
+def hole_distance(space: SearchSpace, params: dict[str, Any]) -> float:
     """A cheap objective on the decoded plan: needles near one chosen hole, ratio near 1150."""
     goal = space.holes[len(space.holes) // 3]
-    plan = space.decode(params)
-    spread = sum(
-        math.hypot(space.hole(n.hole).column - goal.column, space.hole(n.hole).row - goal.row)
-        for n in plan.needles
-    )
+    holes = [space.hole(n.hole or "") for n in space.decode(params).needles]
+    spread = sum(math.hypot(h.column - goal.column, h.row - goal.row) for h in holes)
     return spread + abs(float(params["ratio_ect"]) - 1150.0) / 100.0
 
 

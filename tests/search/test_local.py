@@ -49,9 +49,10 @@ def test_search_improves_on_its_first_trial_and_returns_a_fine_evaluation(search
     assert json.loads(json.dumps(result.to_dict()))["plan"]["needles"]
 
 
-def test_same_seed_same_best_plan(search):
-    a = search(trials=25, seed=7)
-    b = search(trials=25, seed=7)
+@pytest.mark.parametrize("sampler", ["ga", "tpe"])
+def test_same_seed_same_best_plan(search, sampler):
+    a = search(trials=25, seed=7, sampler=sampler)
+    b = search(trials=25, seed=7, sampler=sampler)
     assert a.params == b.params
     assert [h.score for h in a.history] == [h.score for h in b.history]
     assert a.plan.model_dump(exclude={"name"}) == b.plan.model_dump(exclude={"name"})

@@ -33,8 +33,9 @@ def value_strategy(dist: BaseDistribution) -> st.SearchStrategy[object]:
     if isinstance(dist, IntDistribution):
         return st.integers(dist.low, dist.high)
     assert isinstance(dist, FloatDistribution) and dist.step is not None
-    n = round((dist.high - dist.low) / dist.step)
-    return st.integers(0, n).map(lambda k: dist.low + k * dist.step)
+    low, step = dist.low, dist.step
+    n = round((dist.high - low) / step)
+    return st.integers(0, n).map(lambda k: low + k * step)
 
 
 def params_strategy(space: SearchSpace) -> st.SearchStrategy[dict[str, object]]:
