@@ -17,10 +17,16 @@ from optimizer.anatomy.phantom import make_phantom
 from optimizer.anatomy.planning import PlanningAnatomy, make_planning_grid
 from optimizer.anatomy.readers import load_anatomy
 from optimizer.anatomy.structures import Anatomy
+from optimizer.anatomy.target_scope import GLAND_KIND, apply_target_scope
 from optimizer.electrodes import HoleReach, Obstacles, Template, hole_reach
 
 # Exposure used to ask which holes can reach the target (a typical ECT/IRE setting: 15-20 mm).
 DEFAULT_REACH_EXPOSURE_MM = 15.0
+# Needles may stand up to one template hole (5 mm, DESIGN.md section 1) outside the target:
+# electrode arrays bracket a tumour rather than pierce it (Mir et al. 2006 ESOPE SOP; Miklavcic
+# et al. 2010 place needles around deep-seated tumours), and a small focal target would
+# otherwise admit only the one or two holes whose axis crosses it.
+NEEDLE_ZONE_MM = 5.0
 DEFAULT_CASE = "prostatex-0000"
 PHANTOM_SOURCE = "phantom"
 
@@ -46,6 +52,7 @@ class PreparedCase:
     obstacles: Obstacles
     reach: list[HoleReach]
     timings_s: dict[str, float] = field(default_factory=dict)
+    target_scope: str = "gland"  # resolved: "lesion" (focal) or "gland"
 
     @property
     def case_id(self) -> str:
@@ -71,8 +78,10 @@ def prepare_case(
     margin_mm: float = 30.0,
     reach_exposure_mm: float = DEFAULT_REACH_EXPOSURE_MM,
     phantom_seed: int = 0,
+    target_scope: str = "auto",
 ) -> PreparedCase:
-    """Load (or take, or make a phantom when ``anatomy`` is None), resample, add model organs."""
+    """Load (or take, or make a phantom when ``anatomy`` is None), choose what is treated
+    (``target_scope``: optimizer/anatomy/target_scope.py), resample, add model organs."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if anatomy is None:
@@ -82,6 +91,7 @@ def prepare_case(
         source = anatomy
     else:
         source = load_anatomy(anatomy)
+    source, scope = apply_target_scope(source, target_scope)
     timings["load_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     planning = make_planning_grid(source, spacing_mm=spacing_mm, margin_mm=margin_mm)
@@ -91,8 +101,11 @@ def prepare_case(
     assert isinstance(with_organs, PlanningAnatomy)
     timings["model_organs_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    template = Template.for_anatomy(with_organs)
-    obstacles = Obstacles.from_anatomy(with_organs)
+    placement = with_organs.target_mask()
+    for gland in with_organs.of_kind(GLAND_KIND):
+        placement = placement | gland.mask
+    template = Template.for_anatomy(with_organs, placement_mask=placement)
+    obstacles = Obstacles.from_anatomy(with_organs, needle_zone_mm=NEEDLE_ZONE_MM)
     reach = hole_reach(template, obstacles, exposure_mm=reach_exposure_mm)
     timings["template_s"] = time.perf_counter() - t0
-    return PreparedCase(source, with_organs, template, obstacles, reach, timings)
+    return PreparedCase(source, with_organs, template, obstacles, reach, timings, scope)

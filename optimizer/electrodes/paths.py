@@ -68,7 +68,9 @@ class Obstacles:
     _near: dict[tuple[int, ...], BoolArray] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_anatomy(cls, anatomy: Anatomy) -> Obstacles:
+    def from_anatomy(cls, anatomy: Anatomy, needle_zone_mm: float = 0.0) -> Obstacles:
+        """``needle_zone_mm`` > 0 grows the target a needle must reach by that much (mm): needles
+        may then also stand just outside the target and bracket it, as ECT arrays do."""
         blocking = [s for s in anatomy if s.blocks_needles]
         label = np.full(anatomy.grid.shape, -1, dtype=np.int16)
         # Paint low priority first so the higher one keeps an overlap; among equals the one
@@ -78,6 +80,9 @@ class Obstacles:
             label[blocking[i].mask] = i
         names = tuple(s.name for s in blocking)
         target = anatomy.target_mask() if anatomy.with_role(Role.TARGET) else None
+        if target is not None and needle_zone_mm > 0:
+            outside_mm = ndimage.distance_transform_edt(~target, sampling=anatomy.grid.spacing_mm)
+            target = outside_mm <= needle_zone_mm
         return cls(anatomy.grid, names, label, target, anatomy.case_id)
 
     def neighbourhood(self, distance_mm: float) -> IntArray:

@@ -134,11 +134,14 @@ class Template:
         columns: int = 13,
         rows: int = 13,
         direction: npt.ArrayLike = SUPERIOR,
+        placement_mask: npt.NDArray[np.bool_] | None = None,
     ) -> Template:
         """Centre the holes on the target's centroid and put the plane ``standoff_mm`` below it.
 
         "Below" is measured along ``direction`` from the caudal end of the target's voxels
-        (their full extent, not just their centres).
+        (their full extent, not just their centres). ``placement_mask`` (on the anatomy's grid)
+        replaces the target for this: a focal plan's template still sits against the perineum
+        below the whole gland, not inside the gland below the lesion.
         """
         if not (np.isfinite(standoff_mm) and standoff_mm >= 0):
             raise TemplateError(f"standoff_mm must be >= 0, got {standoff_mm}")
@@ -148,7 +151,13 @@ class Template:
             raise TemplateError("template direction has zero length")
         d = d / norm
         grid = anatomy.grid
-        centres = grid.index_to_world(np.argwhere(anatomy.target_mask()).astype(np.float64))
+        where = anatomy.target_mask() if placement_mask is None else placement_mask
+        if where.shape != grid.shape or not where.any():
+            raise TemplateError(
+                f"template placement mask must be a non-empty {grid.shape} mask "
+                f"(got shape {where.shape}, {int(where.sum())} voxels)"
+            )
+        centres = grid.index_to_world(np.argwhere(where).astype(np.float64))
         centroid = centres.mean(axis=0)
         caudal = float(np.min((centres - centroid) @ d)) - _half_extent_along(grid, d)
         plane_centre = centroid + (caudal - standoff_mm) * d

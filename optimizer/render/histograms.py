@@ -26,13 +26,20 @@ def render_field_volume_histograms(
     fig, ax = plt.subplots(figsize=(9, 5.2), constrained_layout=True)
     for name, entry in structures.items():
         fractions = entry.get("field_volume_histogram_fraction")
-        if not fractions:
+        # None marks an undefined fraction: a structure with no voxel on this planning grid.
+        if not fractions or any(f is None for f in fractions):
             continue
         kind = str(entry.get("kind", ""))
         style = "-" if entry.get("role") == "target" else "--"
         label = name + (" (modelled)" if entry.get("modelled") else "")
-        ax.plot(list(axis_V_per_cm), [100.0 * f for f in fractions], style,
-                color=KIND_COLOURS.get(kind, "#444444"), label=label, linewidth=1.6)
+        ax.plot(
+            list(axis_V_per_cm),
+            [100.0 * f for f in fractions],
+            style,
+            color=KIND_COLOURS.get(kind, "#444444"),
+            label=label,
+            linewidth=1.6,
+        )
     for label, value in (thresholds or {}).items():
         ax.axvline(value, color="#555555", linestyle=":", linewidth=1.0)
         ax.text(value, 101, label, rotation=90, va="bottom", ha="center", fontsize=7)

@@ -19,6 +19,12 @@ def phantom_case() -> PreparedCase:
 
 
 @pytest.fixture(scope="session")
+def phantom_gland_case() -> PreparedCase:
+    """The whole gland as target (the default scope plans the phantom's lesion alone)."""
+    return prepare_case(make_phantom(seed=0), spacing_mm=2.0, target_scope="gland")
+
+
+@pytest.fixture(scope="session")
 def ect() -> Protocol:
     return load_protocol("ect")
 

@@ -49,13 +49,13 @@ def geometry(plan: Plan) -> str:
 
 
 @pytest.fixture(scope="module")
-def space(phantom_case: PreparedCase, ect: Protocol) -> SearchSpace:
-    return SearchSpace(phantom_case, ect)
+def space(phantom_gland_case: PreparedCase, ect: Protocol) -> SearchSpace:
+    return SearchSpace(phantom_gland_case, ect)
 
 
 @pytest.fixture(scope="module")
-def irect_space(phantom_case: PreparedCase, irect: Protocol) -> SearchSpace:
-    return SearchSpace(phantom_case, irect)
+def irect_space(phantom_gland_case: PreparedCase, irect: Protocol) -> SearchSpace:
+    return SearchSpace(phantom_gland_case, irect)
 
 
 @given(data=st.data())
@@ -96,8 +96,8 @@ def test_two_train_round_trip_keeps_core_and_margin_pulses(irect_space, data):
     assert geometry(irect_space.decode(irect_space.encode(plan))) == geometry(plan)
 
 
-def test_categorical_encoding_round_trips(phantom_case, ect):
-    space = SearchSpace(phantom_case, ect, hole_encoding="categorical")
+def test_categorical_encoding_round_trips(phantom_gland_case, ect):
+    space = SearchSpace(phantom_gland_case, ect, hole_encoding="categorical")
     labels = [h.label for h in space.holes]
     params = space.complete({"n_needles": 4, "pairs": "all", "ratio_ect": 1200.0})
     for k, label in enumerate(labels[::7][:4]):
@@ -166,10 +166,10 @@ def test_missing_parameter_is_named(space):
         space.decode({"n_needles": 2, "hole_col_0": 3, "hole_row_0": 3})
 
 
-def test_signature_depends_on_protocol(phantom_case, ect, irect):
-    a, b = SearchSpace(phantom_case, ect), SearchSpace(phantom_case, ect)
+def test_signature_depends_on_protocol(phantom_gland_case, ect, irect):
+    a, b = SearchSpace(phantom_gland_case, ect), SearchSpace(phantom_gland_case, ect)
     assert a.signature() == b.signature()
-    assert a.signature() != SearchSpace(phantom_case, irect).signature()
+    assert a.signature() != SearchSpace(phantom_gland_case, irect).signature()
 
 
 def _with_bone(anatomy: Anatomy, mask: np.ndarray) -> Anatomy:
@@ -187,7 +187,7 @@ def test_target_behind_a_wall_is_named_in_the_error():
     xyz = _world(phantom)
     z_target = xyz[..., 2][phantom.target_mask()].min()
     wall = (xyz[..., 2] > z_target - 8.0) & (xyz[..., 2] < z_target - 4.0)
-    case = prepare_case(_with_bone(phantom, wall), spacing_mm=2.0)
+    case = prepare_case(_with_bone(phantom, wall), spacing_mm=2.0, target_scope="gland")
     with pytest.raises(SearchSpaceError, match=r"no template hole reaches the target.*'prostate'"):
         SearchSpace(case, load_protocol("ect"))
 
@@ -200,6 +200,6 @@ def test_lesion_shielded_from_every_nearby_hole_is_named():
     z_target = xyz[..., 2][phantom.target_mask()].min()
     near = np.hypot(xyz[..., 0] - centre[0], xyz[..., 1] - centre[1]) < 21.0
     column = near & (xyz[..., 2] > z_target - 8.0) & (xyz[..., 2] < z_target - 4.0)
-    case = prepare_case(_with_bone(phantom, column), spacing_mm=2.0)
+    case = prepare_case(_with_bone(phantom, column), spacing_mm=2.0, target_scope="gland")
     with pytest.raises(SearchSpaceError, match="target 'lesion' lies"):
         SearchSpace(case, load_protocol("ect"))
