@@ -7,8 +7,10 @@ does have, in patient RAS+ mm (+x = patient's right, +y = anterior, +z = superio
 * ``rectal_wall``: a straight elliptical tube along S, tilted like the gland's posterior
   surface, its anterior wall a gap behind the gland's most posterior points;
 * ``bladder_wall`` and ``urine``: an ellipsoidal shell and its content, resting on the base;
-* ``urethra``: a tube from below the apex to the bladder neck through the gland, anterior of
-  each height's centre;
+* ``urethra``: the prostatic urethra, a tube from the apex to the bladder neck through the
+  gland, anterior of each height's centre;
+* ``sphincter``: the external urethral sphincter around the membranous urethra, a wider tube
+  continuing the urethra's path below the apex;
 * ``nvb_left`` / ``nvb_right``: tubes along the posterolateral surface at about 5 and 7
   o'clock (axial view from the feet: 5 o'clock is the patient's left);
 * ``pubic_bone``: a rounded box anterior to the gland (symphysis and pubic bodies).
@@ -48,6 +50,7 @@ ORGAN_KINDS: dict[str, str] = {
     "bladder_wall": "bladder",
     "urine": "urine",
     "urethra": "urethra",
+    "sphincter": "sphincter",
     "nvb_left": "nvb",
     "nvb_right": "nvb",
     "pubic_bone": "bone",
@@ -58,7 +61,8 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "rectum": ("rectal_wall",),
     "bladder": ("bladder_wall", "urine"),
     "urine": ("bladder_wall", "urine"),
-    "urethra": ("urethra",),
+    "urethra": ("urethra", "sphincter"),
+    "sphincter": ("urethra", "sphincter"),
     "nvb": ("nvb_left", "nvb_right"),
     "bone": ("pubic_bone",),
 }
@@ -293,6 +297,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
         "inferior_extent_mm",
         "superior_extent_mm",
     ),
+    "sphincter": ("radius_mm",),
     "nvb": (
         "radius_mm",
         "angle_from_posterior_midline_deg",
@@ -611,12 +616,17 @@ def place_model_organs(
         )
     g = GlandMeasures.from_mask(np.asarray(gland, dtype=bool), grid)
     urethra_path = _urethra_path(g, p)
+    # Split the path where it crosses the apex: the membranous part below is the sphincter's.
+    below, first = urethra_path[0], urethra_path[1]
+    t = (g.lo[2] - below[2]) / (first[2] - below[2])
+    apex = below + t * (first - below)
     bladder_wall, urine = _bladder(g, p, urethra_path[-2])
     shapes: dict[str, Shape] = {
         "rectal_wall": _rectal_wall(g, p),
         "bladder_wall": bladder_wall,
         "urine": urine,
-        "urethra": Tube(urethra_path, p("urethra", "radius_mm")),
+        "urethra": Tube(np.vstack([apex, urethra_path[1:]]), p("urethra", "radius_mm")),
+        "sphincter": Tube(np.array([below, apex]), p("sphincter", "radius_mm")),
         "nvb_left": Tube(_nvb_path(g, p, -1.0), p("nvb", "radius_mm")),
         "nvb_right": Tube(_nvb_path(g, p, +1.0), p("nvb", "radius_mm")),
         "pubic_bone": _pubic_bone(g, p),

@@ -37,7 +37,8 @@ PLAUSIBLE_ML = {
     "rectal_wall": (15.0, 45.0),
     "bladder_wall": (8.0, 30.0),
     "urine": (25.0, 110.0),
-    "urethra": (1.0, 3.5),
+    "urethra": (0.7, 3.0),
+    "sphincter": (0.8, 3.0),
     "nvb_left": (1.0, 4.0),
     "nvb_right": (1.0, 4.0),
     "pubic_bone": (15.0, 30.0),
@@ -125,7 +126,7 @@ def test_only_missing_kinds_are_added():
     added = add_model_organs(with_some)
     new = [s.name for s in added if s.modelled and s.source.startswith("model:")]
     # A segmented bladder means no modelled urine either; one bundle means no modelled bundles.
-    assert new == ["urethra", "pubic_bone"]
+    assert new == ["urethra", "sphincter", "pubic_bone"]
     assert added.names()[: len(with_some.structures)] == with_some.names()
     again = add_model_organs(added)
     assert again.names() == added.names()
