@@ -16,9 +16,11 @@ class CliError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     from services.cli import (
         anatomy_cmd,
+        batch_cmd,
         demo_cmd,
         evaluate_cmd,
         jobs_cmd,
+        library_cmd,
         plan_cmd,
         serve_cmd,
     )
@@ -29,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ectplan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (demo_cmd, anatomy_cmd, evaluate_cmd, plan_cmd, serve_cmd, jobs_cmd):
+    for module in (demo_cmd, anatomy_cmd, evaluate_cmd, plan_cmd, batch_cmd, library_cmd,
+                   serve_cmd, jobs_cmd):  # fmt: skip
         module.register(sub)
     return parser
 
@@ -50,4 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main: under ``python -m`` this file is ``__main__`` and its
+    # CliError would be another class than the one the command modules raise.
+    from services.cli.main import main as package_main
+
+    sys.exit(package_main())
