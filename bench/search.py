@@ -7,7 +7,10 @@ Real cases from ../shared/data/anatomy (model organs at risk added), each protoc
 sampler, each seed: a full ``run_search`` with the real ``PlanEvaluator`` (exploration on the
 2 mm grid with constant conductivity, the best ``--refine-k`` candidates re-evaluated on the
 1 mm grid with sigma(E)). Every run gets a fresh coarse evaluator, so its pair cache is part of
-what is measured. A sampler spec ``tpe:categorical`` runs TPE on the categorical hole encoding.
+what is measured. A sampler spec ``tpe:categorical`` runs TPE on the categorical hole encoding;
+``ga:unseeded`` and ``random:unseeded`` start without ectplan's geometric seeds: the published
+genetic algorithm (random initial population) and plain random search, the baselines that
+ectplan's search (the default sampler with its seeds, spec ``ga``) is compared against.
 
 Reported per case, protocol and sampler (median over seeds): evaluations and seconds until
 the first plan passing every required criterion on the coarse level ("-" when none did), the
@@ -128,7 +131,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--cases", nargs="+", default=list(CASES))
     parser.add_argument("--protocols", nargs="+", default=["ect", "irect"])
-    parser.add_argument("--samplers", nargs="+", default=["tpe", "random", "ga"])
+    parser.add_argument(
+        "--samplers", nargs="+", default=["ga", "tpe", "ga:unseeded", "random:unseeded"]
+    )
     parser.add_argument("--budgets", type=int, nargs="+", default=[100, 300, 1000])
     parser.add_argument("--refine-k", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="write every run as JSON")
@@ -150,21 +155,31 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     budget = max(args.budgets)
     runs: list[Run] = []
-    for case_name in args.cases:
-        coarse = prepare_case(root / case_name, spacing_mm=2.0)
-        fine = prepare_case(root / case_name, spacing_mm=1.0)
-        for protocol_name in args.protocols:
-            protocol = load_protocol(protocol_name)
-            fine_evaluator = PlanEvaluator(fine, protocol, nonlinear=True)
-            for spec in args.samplers:
-                sampler, _, encoding = spec.partition(":")
-                for seed in range(args.seeds):
+    prepared = {
+        name: (prepare_case(root / name, spacing_mm=2.0), prepare_case(root / name, spacing_mm=1.0))
+        for name in args.cases
+    }
+    protocols = {name: load_protocol(name) for name in args.protocols}
+    fine_evaluators = {
+        (c, p): PlanEvaluator(prepared[c][1], protocols[p], nonlinear=True)
+        for c in args.cases
+        for p in args.protocols
+    }
+    # Seeds outermost: a benchmark stopped early still covers every case, protocol and sampler.
+    for seed in range(args.seeds):
+        for case_name in args.cases:
+            coarse, fine = prepared[case_name]
+            for protocol_name, protocol in protocols.items():
+                for spec in args.samplers:
+                    sampler, _, option = spec.partition(":")
                     started = time.perf_counter()
                     result = run_search(
                         coarse, fine, protocol, trials=budget, seed=seed, sampler=sampler,
                         evaluate_coarse=PlanEvaluator(coarse, protocol, nonlinear=False).evaluate,
-                        evaluate_fine=fine_evaluator.evaluate, refine_top_k=args.refine_k,
-                        hole_encoding="categorical" if encoding == "categorical" else "grid",
+                        evaluate_fine=fine_evaluators[case_name, protocol_name].evaluate,
+                        refine_top_k=args.refine_k,
+                        hole_encoding="categorical" if option == "categorical" else "grid",
+                        geometric_seeds=option != "unseeded",
                     )  # fmt: skip
                     run = summarise(result, case_name, protocol_name, spec, seed, args.budgets,
                                     time.perf_counter() - started)  # fmt: skip

@@ -12,6 +12,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("anatomy", help="show the structures, volumes and notes of a case")
     p.add_argument("path", help="a case folder, DICOM folder, label map or .npz")
     p.add_argument("--grid-mm", type=float, default=1.0, help="planning grid spacing (mm)")
+    p.add_argument("--target", default="auto", choices=["auto", "lesion", "gland"],
+                   help="what is treated: the segmented lesion(s) (focal), the whole gland, or "
+                   "auto: lesions when segmented, else the gland (default)")  # fmt: skip
     p.add_argument("--margin-mm", type=float, default=30.0, help="margin around the target")
     p.set_defaults(handler=run)
 
@@ -22,8 +25,12 @@ def structure_rich_table(rows: list[dict[str, object]], title: str) -> Table:
         table.add_column(col, justify="right" if "ml" in col else "left")
     for r in rows:
         table.add_row(
-            str(r["name"]), str(r["kind"]), str(r["role"]), str(r["tissue"]),
-            f"{float(r['volume_ml']):.2f}", f"{float(r['won_volume_ml']):.2f}",  # type: ignore[arg-type]
+            str(r["name"]),
+            str(r["kind"]),
+            str(r["role"]),
+            str(r["tissue"]),
+            f"{float(r['volume_ml']):.2f}",  # type: ignore[arg-type]
+            f"{float(r['won_volume_ml']):.2f}",  # type: ignore[arg-type]
             "yes" if r["modelled"] else "",
         )
     return table
@@ -33,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from optimizer.case import prepare_case
 
     console = Console()
-    case = prepare_case(args.path, spacing_mm=args.grid_mm, margin_mm=args.margin_mm)
+    case = prepare_case(
+        args.path, spacing_mm=args.grid_mm, margin_mm=args.margin_mm, target_scope=args.target
+    )
     console.print(f"[bold]{case.case_id}[/]  input grid {case.input_grid.describe()}")
     console.print(structure_rich_table(case.input_anatomy.structure_table(), "input grid"))
     console.print(structure_rich_table(case.planning.structure_table(), "planning grid"))
@@ -43,7 +52,5 @@ def run(args: argparse.Namespace) -> int:
         f"template: {len(case.admissible)} of {len(case.reach)} holes reach the target "
         "without crossing rectum, bladder, urethra or bone"
     )
-    console.print(
-        "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in case.timings_s.items())
-    )
+    console.print("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in case.timings_s.items()))
     return 0

@@ -26,18 +26,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "demo",
         help="plan a real case (or a phantom) end to end through the gRPC front and Ray",
     )
-    p.add_argument("--anatomy", help="case to use (default: prostatex-0000 from the shared data, "
-                   "or a built-in phantom when that is absent)")
+    p.add_argument(
+        "--anatomy",
+        help="case to use (default: prostatex-0000 from the shared data, "
+        "or a built-in phantom when that is absent)",
+    )
     p.add_argument("--phantom", action="store_true", help="use the built-in phantom")
     p.add_argument("--out", default="out", help="output folder (default: ./out)")
     p.add_argument("--protocol", default="ect", help="ect, ire, irect or a protocol file")
     p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="search budget (trials)")
-    p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S,
-                   help="search time limit in seconds")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=DEFAULT_TIME_LIMIT_S,
+        help="search time limit in seconds",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid-mm", type=float, default=1.0, help="planning grid spacing (mm)")
-    p.add_argument("--preview-only", action="store_true",
-                   help="only the case preview (planning grid and template), no search")
+    p.add_argument("--target", default="auto", choices=["auto", "lesion", "gland"],
+                   help="what is treated: the segmented lesion(s) (focal), the whole gland, or "
+                   "auto: lesions when segmented, else the gland (default)")  # fmt: skip
+    p.add_argument(
+        "--preview-only",
+        action="store_true",
+        help="only the case preview (planning grid and template), no search",
+    )
     p.set_defaults(handler=run)
 
 
@@ -79,53 +92,80 @@ def run(args: argparse.Namespace) -> int:
         else:
             anatomy = load_anatomy(path)
     started = time.perf_counter()
-    case = prepare_case(anatomy, spacing_mm=args.grid_mm)
+    case = prepare_case(anatomy, spacing_mm=args.grid_mm, target_scope=args.target)
     out = Path(args.out) / case.case_id
     preview = write_case_report(case, out / "preview")
-    console.print(f"[bold]{case.case_id}[/]: planning grid {case.planning.grid.describe()}, "
-                  f"{len(case.admissible)} of {len(case.reach)} template holes admissible; "
-                  f"preview {preview}")
+    console.print(
+        f"[bold]{case.case_id}[/]: planning grid {case.planning.grid.describe()}, "
+        f"{len(case.admissible)} of {len(case.reach)} template holes admissible; "
+        f"preview {preview}"
+    )
     if args.preview_only:
         return 0
 
     summary: dict[str, object] = {"case": case.case_id, "protocol": args.protocol}
     config = FrontConfig(data_dir=out / "front", port=0, runner="ray")
-    with console.status("starting the gRPC front and a local Ray"), \
-            BackgroundServer(config) as server, FrontClient(server.target) as client:
+    with (
+        console.status("starting the gRPC front and a local Ray"),
+        BackgroundServer(config) as server,
+        FrontClient(server.target) as client,
+    ):
         console.print(f"front listening on {server.target} (local Ray, SQLite job store)")
         uploaded = client.upload_anatomy(anatomy)
-        job = client.submit(uploaded.anatomy_id, protocol=args.protocol, trials=args.trials,
-                            time_limit_s=args.time_limit, seed=args.seed,
-                            grid_spacing_mm=args.grid_mm).job
-        console.print(f"submitted job {job.job_id} ({args.trials} trials, "
-                      f"{args.time_limit:g} s limit)")
+        job = client.submit(
+            uploaded.anatomy_id,
+            protocol=args.protocol,
+            trials=args.trials,
+            time_limit_s=args.time_limit,
+            seed=args.seed,
+            grid_spacing_mm=args.grid_mm,
+            target_scope=args.target,
+        ).job
+        console.print(
+            f"submitted job {job.job_id} ({args.trials} trials, {args.time_limit:g} s limit)"
+        )
         final = None
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                      TextColumn("{task.completed}/{task.total} trials"), TimeElapsedColumn(),
-                      console=console) as bar:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} trials"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
             task = bar.add_task("queued", total=args.trials)
             for event in client.watch(job.job_id):
-                bar.update(task, completed=event.progress.trials_done,
-                           description=_progress_text(event) or "running")
+                bar.update(
+                    task,
+                    completed=event.progress.trials_done,
+                    description=_progress_text(event) or "running",
+                )
                 final = event
         if final is None or final.state != job_pb2.JOB_STATE_SUCCEEDED:
             message = final.message if final is not None else "no events"
             console.print(f"[red]the plan job did not succeed:[/] {message}")
             return 1
         files = client.download_artifacts(job.job_id, out)
-        summary.update({
-            "job_id": job.job_id,
-            "passed": final.best.evaluation.passed if final.HasField("best")
-            else final.progress.best_passed,
-            "best_score": final.progress.best_score if final.progress.HasField("best_score")
-            else None,
-            "trials": final.progress.trials_done,
-            "artifacts": sorted(p.name for p in files.values()),
-        })
+        summary.update(
+            {
+                "job_id": job.job_id,
+                "passed": final.best.evaluation.passed
+                if final.HasField("best")
+                else final.progress.best_passed,
+                "best_score": final.progress.best_score
+                if final.progress.HasField("best_score")
+                else None,
+                "trials": final.progress.trials_done,
+                "artifacts": sorted(p.name for p in files.values()),
+            }
+        )
     summary["elapsed_s"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    verdict = "passes every required criterion" if summary.get("passed") else (
-        "is the best found but does not pass every required criterion (see the report)")
+    verdict = (
+        "passes every required criterion"
+        if summary.get("passed")
+        else ("is the best found but does not pass every required criterion (see the report)")
+    )
     console.print(f"plan {verdict}; {summary['trials']} trials in {summary['elapsed_s']} s")
     console.print(f"report: {out / 'report.html'}")
     return 0

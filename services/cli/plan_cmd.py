@@ -39,13 +39,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/study.db; "
                    "postgresql://user:pw@host/db)")  # fmt: skip
     p.add_argument("--study-name", help="default: derived from case, protocol and seed")
-    p.add_argument("--multi-objective", action="store_true",
-                   help="Pareto search (coverage, organ-at-risk exposure, needles)")
+    p.add_argument(
+        "--multi-objective",
+        action="store_true",
+        help="Pareto search (coverage, organ-at-risk exposure, needles)",
+    )
     p.add_argument("--sampler", help="tpe, nsga2, random, qmc or ga (default tpe; nsga2 "
                    "with --multi-objective)")  # fmt: skip
     p.add_argument("--grid-mm", type=float, default=1.0,
                    help="fine planning grid (mm) for the final evaluation; exploration uses "
                    "max(2, this)")  # fmt: skip
+    p.add_argument("--target", default="auto", choices=["auto", "lesion", "gland"],
+                   help="what is treated: the segmented lesion(s) (focal), the whole gland, or "
+                   "auto: lesions when segmented, else the gland (default)")  # fmt: skip
+    p.add_argument("--library", help="a plan library (ectplan batch): the plans of its most "
+                   "similar cases start the search (warm start)")  # fmt: skip
     p.add_argument("--asynchronous", action="store_true",
                    help="tell results as they arrive (faster with uneven trials; not "
                    "reproducible with several workers)")  # fmt: skip
@@ -79,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, seed=args.seed, multi_objective=args.multi_objective,
         sampler=args.sampler, storage_url=storage, study_name=args.study_name,
         ray_address=args.ray_address, coarse_mm=max(2.0, args.grid_mm), fine_mm=args.grid_mm,
-        reproducible=not args.asynchronous, table=table,
+        reproducible=not args.asynchronous, table=table, target_scope=args.target,
+        library=args.library,
     )  # fmt: skip
     try:
         with console.status("loading the anatomy and building the search space"):

@@ -49,6 +49,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="uploads, job outputs, studies and the SQLite job store",
     )
     p.add_argument(
+        "--libraries-dir",
+        default=_env("LIBRARIES_DIR"),
+        help="folder of plan libraries (ectplan batch) that jobs may name for warm starts; "
+        "env ECTPLAN_FRONT_LIBRARIES_DIR",
+    )
+    p.add_argument(
         "--database-url",
         default=_env("DATABASE_URL"),
         help="SQLAlchemy URL of the job store (e.g. postgresql+psycopg2://...); "
@@ -151,6 +157,7 @@ def config_from_args(args: argparse.Namespace) -> object:
         metrics_port=args.metrics_port,
         metrics_address=args.metrics_address,
         grace_s=args.grace,
+        libraries_dir=Path(args.libraries_dir) if args.libraries_dir else None,
     )
 
 

@@ -145,6 +145,8 @@ class FrontClient:
         sampler: str = "",
         idempotency_key: str = "",
         seed_plans: Sequence[Plan] = (),
+        target_scope: str = "",
+        warm_start_library: str = "",
     ) -> planning_service_pb2.SubmitPlanJobResponse:
         request = planning_service_pb2.SubmitPlanJobRequest(
             anatomy_id=anatomy_id,
@@ -155,6 +157,8 @@ class FrontClient:
                 multi_objective=multi_objective,
                 grid_spacing_mm=grid_spacing_mm,
                 sampler=sampler,
+                target_scope=target_scope,
+                warm_start_library=warm_start_library,
             ),
             idempotency_key=idempotency_key,
             seed_plans=[plan_to_proto(p) for p in seed_plans],
@@ -235,12 +239,14 @@ class FrontClient:
         grid_spacing_mm: float = 0.0,
         linear: bool = False,
         timeout_s: float | None = None,
+        target_scope: str = "",
     ) -> evaluation_service_pb2.EvaluatePlanResponse:
         request = evaluation_service_pb2.EvaluatePlanRequest(
             anatomy_id=anatomy_id,
             plan=plan_to_proto(plan),
             grid_spacing_mm=grid_spacing_mm,
             linear=linear,
+            target_scope=target_scope,
         )
         if protocol is not None:
             request.protocol.CopyFrom(protocol_ref(protocol))

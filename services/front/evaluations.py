@@ -30,6 +30,7 @@ class EvaluatorKey:
     protocol_sha256: str
     spacing_mm: float
     nonlinear: bool
+    target_scope: str = "auto"
 
 
 @dataclass
@@ -80,14 +81,20 @@ class EvaluatorCache:
         *,
         spacing_mm: float,
         nonlinear: bool,
+        target_scope: str = "auto",
     ) -> tuple[EvaluatedPlan, PreparedCase]:
-        key = EvaluatorKey(anatomy_id, protocol_fingerprint(protocol), spacing_mm, nonlinear)
+        key = EvaluatorKey(
+            anatomy_id, protocol_fingerprint(protocol), spacing_mm, nonlinear, target_scope
+        )
         entry = self._entry(key)
         with entry.lock:
             if entry.evaluator is None:
                 anatomy = self.anatomies.load(anatomy_id)
                 entry.case = prepare_case(
-                    anatomy, spacing_mm=spacing_mm, margin_mm=PLANNING_MARGIN_MM
+                    anatomy,
+                    spacing_mm=spacing_mm,
+                    margin_mm=PLANNING_MARGIN_MM,
+                    target_scope=target_scope,
                 )
                 entry.evaluator = PlanEvaluator(
                     entry.case, protocol, nonlinear=nonlinear, cache_bytes=self.evaluator_bytes

@@ -27,7 +27,7 @@ from optimizer.search.fidelity import DEFAULT_TOP_K
 from optimizer.search.local import SearchProgress, SearchResult
 from services.front.artifacts import write_job_artifacts
 from services.front.convert import evaluation_to_proto, plan_from_proto, plan_to_proto
-from services.front.errors import FrontError, exhausted, failed_precondition
+from services.front.errors import FrontError, exhausted, failed_precondition, invalid
 from services.front.gen.ectplan.v1 import job_pb2
 from services.front.jobs import JobRecord, JobStore, JobUpdate
 from services.front.logging import log_event
@@ -42,6 +42,7 @@ from services.front.searches import (
 )
 from services.front.uploads import AnatomyStore
 from services.front.validation import resolve_protocol
+from services.planner.library import META_FILE as LIBRARY_META_FILE
 
 TERMINAL_EVENT_KINDS = frozenset({
     job_pb2.JOB_EVENT_KIND_SUCCEEDED, job_pb2.JOB_EVENT_KIND_FAILED,
@@ -132,7 +133,10 @@ class JobQueue:
         metrics: FrontMetrics,
         data_dir: Path,
         limits: QueueLimits | None = None,
+        *,
+        libraries_dir: Path | None = None,
     ) -> None:
+        self.libraries_dir = libraries_dir
         self.store = store
         self.anatomies = anatomies
         self.runner = runner
@@ -145,6 +149,27 @@ class JobQueue:
         self._running: dict[str, _Running] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = False
+
+    def library_path(self, name: str) -> Path:
+        """The library a request names, under the configured folder; FrontError if none."""
+        if self.libraries_dir is None:
+            raise invalid(
+                "options.warm_start_library",
+                "this server has no plan libraries (start it with --libraries-dir)",
+            )
+        path = Path(self.libraries_dir) / name
+        if not (path / LIBRARY_META_FILE).is_file():
+            known = sorted(
+                p.name
+                for p in Path(self.libraries_dir).glob("*")
+                if (p / LIBRARY_META_FILE).is_file()
+            )
+            raise invalid(
+                "options.warm_start_library",
+                f"no plan library {name!r} on this server "
+                f"(libraries: {', '.join(known) or 'none'})",
+            )
+        return path
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -400,6 +425,12 @@ class JobQueue:
             study_name=record.job_id,
             work_dir=job_dir,
             refine_top_k=self.limits.refine_top_k,
+            target_scope=request.options.target_scope or "auto",
+            warm_start_library=(
+                self.library_path(request.options.warm_start_library)
+                if request.options.warm_start_library
+                else None
+            ),
         )
 
     # ---- events -----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from optimizer.evaluate.plan import Plan
 from optimizer.evaluate.protocol import Protocol as TreatmentProtocol
 from optimizer.search.fidelity import DEFAULT_TOP_K
 from optimizer.search.local import SearchProgress, SearchResult, run_search
+from optimizer.search.space import SearchSpace
 
 # The exploration grid: 2 mm with constant conductivity (DESIGN.md section 3); the fine grid is
 # the job's grid_spacing_mm (1 mm by default). A job asking for >= 2 mm explores on its own grid.
@@ -63,6 +64,8 @@ class SearchJob:
     work_dir: Path
     # How many of the best explored plans are confirmed at clinical quality (fine, sigma(E)).
     refine_top_k: int = DEFAULT_TOP_K
+    target_scope: str = "auto"
+    warm_start_library: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -102,12 +105,20 @@ class JobRunner(Protocol):
     ) -> RunOutcome: ...
 
 
-def prepare_cases(anatomy: Anatomy, fine_spacing_mm: float) -> tuple[PreparedCase, PreparedCase]:
+def prepare_cases(
+    anatomy: Anatomy, fine_spacing_mm: float, target_scope: str = "auto"
+) -> tuple[PreparedCase, PreparedCase]:
     """(coarse, fine) planning cases; one case serves both when the fine grid is >= 2 mm."""
-    fine = prepare_case(anatomy, spacing_mm=fine_spacing_mm, margin_mm=PLANNING_MARGIN_MM)
+    fine = prepare_case(
+        anatomy, spacing_mm=fine_spacing_mm, margin_mm=PLANNING_MARGIN_MM,
+        target_scope=target_scope,
+    )  # fmt: skip
     if fine_spacing_mm >= COARSE_SPACING_MM:
         return fine, fine
-    coarse = prepare_case(anatomy, spacing_mm=COARSE_SPACING_MM, margin_mm=PLANNING_MARGIN_MM)
+    coarse = prepare_case(
+        anatomy, spacing_mm=COARSE_SPACING_MM, margin_mm=PLANNING_MARGIN_MM,
+        target_scope=target_scope,
+    )  # fmt: skip
     return coarse, fine
 
 
@@ -175,10 +186,18 @@ class LocalSearchRunner:
         on_event: Callable[[RunnerEvent], None],
         cancel_event: threading.Event,
     ) -> RunOutcome:
-        coarse, fine = prepare_cases(job.anatomy, job.grid_spacing_mm)
+        coarse, fine = prepare_cases(job.anatomy, job.grid_spacing_mm, job.target_scope)
         coarse_eval = PlanEvaluator(coarse, job.protocol, nonlinear=False)
         fine_eval = PlanEvaluator(fine, job.protocol, nonlinear=True)
         tracker = _ImprovementTracker(on_event)
+        seed_plans = list(job.seed_plans)
+        if job.warm_start_library is not None:
+            from services.planner.warm_library import library_seed_plans
+
+            others = [] if coarse is fine else [coarse.obstacles]
+            space = SearchSpace(fine, job.protocol, also_clear_on=others)
+            warm, _ = library_seed_plans(job.warm_start_library, space)
+            seed_plans = warm + seed_plans
         result = run_search(
             coarse,
             fine,
@@ -194,7 +213,7 @@ class LocalSearchRunner:
             evaluate_fine=fine_eval.evaluate,
             on_progress=tracker.progress,
             should_stop=cancel_event.is_set,
-            seed_plans=job.seed_plans,
+            seed_plans=seed_plans,
             refine_top_k=job.refine_top_k,
         )
         # The fine evaluator still holds the chosen plan's pair solutions: fields for free.
@@ -245,6 +264,8 @@ class RaySearchRunner:
             fine_mm=fine_mm,
             margin_mm=PLANNING_MARGIN_MM,
             refine_top_k=job.refine_top_k,
+            target_scope=job.target_scope,
+            library=job.warm_start_library,
         ) as search:
             best_seen: list[int] = []
 

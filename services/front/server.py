@@ -70,6 +70,8 @@ class FrontConfig:
     evaluators: int = 4
     evaluate_threads: int = 2
     max_concurrent_uploads: int = 4
+    # Plan libraries (ectplan batch) that requests may name for warm starts; None: none.
+    libraries_dir: Path | None = None
 
     @property
     def db_url(self) -> str:
@@ -87,8 +89,9 @@ class FrontServer:
         self.hub = EventHub()
         self.runner = runner or default_runner(config.runner, config.ray_address)
         self.queue = JobQueue(
-            self.jobs, self.anatomies, self.runner, self.hub, self.metrics, data, config.queue
-        )
+            self.jobs, self.anatomies, self.runner, self.hub, self.metrics, data, config.queue,
+            libraries_dir=config.libraries_dir,
+        )  # fmt: skip
         self.state = FrontState(
             anatomies=self.anatomies,
             jobs=self.jobs,

@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from optimizer.anatomy.target_scope import TARGET_SCOPES
 from optimizer.evaluate.plan import Plan
 from optimizer.evaluate.protocol import Protocol, ProtocolError, load_protocol, parse_protocol
 from optimizer.search.samplers import SAMPLERS
@@ -57,6 +58,9 @@ def resolve_protocol(ref: plan_pb2.ProtocolRef, where: str = "protocol") -> Prot
         raise invalid_many([Violation(f"{where}.toml", str(exc))], "bad protocol") from None
 
 
+LIBRARY_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+
+
 def validate_submit(request: planning_service_pb2.SubmitPlanJobRequest) -> ValidSubmit:
     """Everything but the anatomy's existence (the servicer asks the store)."""
     bad: list[Violation] = []
@@ -96,6 +100,22 @@ def validate_submit(request: planning_service_pb2.SubmitPlanJobRequest) -> Valid
             Violation(
                 "options.sampler",
                 f"unknown sampler {o.sampler[:40]!r}; use one of {', '.join(SAMPLERS)}",
+            )
+        )
+    if o.target_scope and o.target_scope not in TARGET_SCOPES:
+        bad.append(
+            Violation(
+                "options.target_scope",
+                f"unknown target scope {o.target_scope[:40]!r}; use one of "
+                f"{', '.join(TARGET_SCOPES)}",
+            )
+        )
+    lib = o.warm_start_library
+    if lib and not LIBRARY_NAME.match(lib):
+        bad.append(
+            Violation(
+                "options.warm_start_library",
+                "a library name: 1-64 letters, digits, '.', '_' or '-', not starting with '.'",
             )
         )
     key = request.idempotency_key

@@ -42,12 +42,19 @@ class CaseSpec:
     coarse_mm: float
     fine_mm: float
     margin_mm: float
+    target_scope: str = "auto"
 
     def prepare(self, anatomy: Anatomy) -> tuple[PreparedCase, PreparedCase]:
-        coarse = prepare_case(anatomy, spacing_mm=self.coarse_mm, margin_mm=self.margin_mm)
+        coarse = prepare_case(
+            anatomy, spacing_mm=self.coarse_mm, margin_mm=self.margin_mm,
+            target_scope=self.target_scope,
+        )  # fmt: skip
         if self.fine_mm == self.coarse_mm:
             return coarse, coarse
-        fine = prepare_case(anatomy, spacing_mm=self.fine_mm, margin_mm=self.margin_mm)
+        fine = prepare_case(
+            anatomy, spacing_mm=self.fine_mm, margin_mm=self.margin_mm,
+            target_scope=self.target_scope,
+        )  # fmt: skip
         return coarse, fine
 
 

@@ -54,6 +54,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from optimizer.anatomy.readers import load_anatomy
 from optimizer.anatomy.structures import Anatomy
+from optimizer.anatomy.target_scope import check_target_scope
 from optimizer.evaluate.evaluation import PlanEvaluation
 from optimizer.evaluate.evaluator import DEFAULT_CACHE_BYTES, EvaluatedPlan, PlanEvaluator
 from optimizer.evaluate.plan import Plan, PlanError
@@ -88,6 +89,7 @@ from services.planner.cluster import ClusterInfo, connect
 from services.planner.pool import DEFAULT_MAX_RESTARTS, POLL_S, PoolError, Worker, WorkerPool
 from services.planner.progress import ClusterProgress, InFlight
 from services.planner.storage import mask_url, open_storage, study_name_for
+from services.planner.warm_library import library_seed_plans
 
 DEFAULT_WORKERS = 2
 DEFAULT_COARSE_MM = 2.0
@@ -176,6 +178,9 @@ class DistributedSearch:
         weights: ScoreWeights | None = None,
         max_restarts: int = DEFAULT_MAX_RESTARTS,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        target_scope: str = "auto",
+        library: str | Path | None = None,
+        warm_start_cases: int = 3,
     ) -> None:
         check_budget(trials, time_limit_s, 1)
         if workers < 1:
@@ -196,7 +201,9 @@ class DistributedSearch:
         self.seed_plans = list(seed_plans)
         self.geometric_seeds = geometric_seeds
         self.refine_top_k = refine_top_k
-        self.spec = CaseSpec(coarse_mm, fine_mm, margin_mm)
+        self.library = library
+        self.warm_start_cases = warm_start_cases
+        self.spec = CaseSpec(coarse_mm, fine_mm, margin_mm, check_target_scope(target_scope))
         self.reproducible = reproducible
         self.threads_per_worker = threads_per_worker
         self.backend = backend
@@ -252,7 +259,7 @@ class DistributedSearch:
             )  # fmt: skip
         self.study_name = self.study_name_arg or study_name_for(
             self.case_fine.case_id, self.protocol.name, self.seed,
-            multi_objective=self.multi_objective,
+            multi_objective=self.multi_objective, target_scope=self.case_fine.target_scope,
         )  # fmt: skip
         storage = open_storage(self.storage_url)
         self.study = open_study(
@@ -262,6 +269,12 @@ class DistributedSearch:
         self.resumed_trials = len(self.study.trials)
         starts: list[dict[str, Any]] = []
         if not self.study.trials:
+            if self.library is not None:
+                warm, warm_notes = library_seed_plans(
+                    self.library, self.space, self.warm_start_cases
+                )
+                self.seed_plans = [*warm, *self.seed_plans]
+                self.notes += warm_notes
             extra, skipped = seed_params_from_plans(self.space, self.seed_plans)
             self.notes += skipped
             starts = [*extra, *(geometric_seed_params(self.space) if self.geometric_seeds else [])]
@@ -654,8 +667,14 @@ class DistributedSearch:
         if self.pool is not None:
             self.pool.shutdown()
         waiting = {t.proposal.number: t for t in self.inflight.values()}
-        ordered = [*self.batch, *(t for n, t in sorted(waiting.items())
-                                  if all(b.proposal.number != n for b in self.batch))]
+        ordered = [
+            *self.batch,
+            *(
+                t
+                for n, t in sorted(waiting.items())
+                if all(b.proposal.number != n for b in self.batch)
+            ),
+        ]
         self.inflight.clear()
         self.batch.clear()
         for task in ordered:

@@ -66,10 +66,18 @@ def mask_url(url: str) -> str:
 
 
 def study_name_for(
-    case_id: str, protocol: str, seed: int | None, *, multi_objective: bool = False
+    case_id: str,
+    protocol: str,
+    seed: int | None,
+    *,
+    multi_objective: bool = False,
+    target_scope: str = "gland",
 ) -> str:
-    """The default study name: case, protocol, seed (and -mo for multi-objective)."""
+    """The default study name: case, protocol, seed (-focal for a lesion-only target, -mo for
+    multi-objective), so plans of another scope never resume each other's study."""
     parts = ["ectplan", case_id, protocol, f"seed{seed}" if seed is not None else "unseeded"]
+    if target_scope == "lesion":
+        parts.append("focal")
     if multi_objective:
         parts.append("mo")
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", "-".join(parts))

@@ -8,6 +8,7 @@ import math
 import grpc
 
 from optimizer.anatomy.errors import AnatomyError
+from optimizer.anatomy.target_scope import TARGET_SCOPES
 from optimizer.evaluate.plan import PlanError
 from optimizer.search.objective import score
 from services.front.convert import evaluation_to_proto, plan_from_json, plan_from_proto
@@ -50,6 +51,11 @@ class EvaluationServicer(evaluation_service_pb2_grpc.EvaluationServiceServicer):
         lo, hi = GRID_SPACING_RANGE_MM
         if not (math.isfinite(spacing) and lo <= spacing <= hi):
             raise invalid("grid_spacing_mm", f"must lie in {lo}..{hi} mm (0: 1 mm), got {spacing}")
+        scope = request.target_scope or "auto"
+        if scope not in TARGET_SCOPES:
+            raise invalid(
+                "target_scope", f"unknown {scope[:40]!r}; use one of {', '.join(TARGET_SCOPES)}"
+            )
         if not await asyncio.to_thread(state.anatomies.has, request.anatomy_id):
             raise not_found("anatomy", request.anatomy_id, "upload it first with UploadAnatomy")
         try:
@@ -60,6 +66,7 @@ class EvaluationServicer(evaluation_service_pb2_grpc.EvaluationServiceServicer):
                     protocol,
                     spacing_mm=spacing,
                     nonlinear=not request.linear,
+                    target_scope=scope,
                 )
             )
         except PlanError as exc:

@@ -39,6 +39,8 @@ class PlanningServicer(planning_service_pb2_grpc.PlanningServiceServicer):
         state.refuse_if_draining()
         client = state.client_id(context)
         valid = await asyncio.to_thread(validate_submit, request)
+        if request.options.warm_start_library:
+            await asyncio.to_thread(state.queue.library_path, request.options.warm_start_library)
         if not await asyncio.to_thread(state.anatomies.has, request.anatomy_id):
             raise not_found("anatomy", request.anatomy_id, "upload it first with UploadAnatomy")
         key = request.idempotency_key

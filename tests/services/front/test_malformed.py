@@ -360,6 +360,24 @@ CASES = [
         "options.sampler",
     ),
     Case(
+        "unknown target scope",
+        submit(options__target_scope="prostate"),
+        S.INVALID_ARGUMENT,
+        "options.target_scope",
+    ),
+    Case(
+        "library name that is a path",
+        submit(options__warm_start_library="../../etc"),
+        S.INVALID_ARGUMENT,
+        "options.warm_start_library",
+    ),
+    Case(
+        "library on a server that has none",
+        submit(options__warm_start_library="atlas"),
+        S.INVALID_ARGUMENT,
+        "options.warm_start_library",
+    ),
+    Case(
         "grid spacing of 10 mm",
         submit(options__grid_spacing_mm=10.0),
         S.INVALID_ARGUMENT,

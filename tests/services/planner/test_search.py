@@ -88,7 +88,7 @@ def test_a_stored_study_resumes_without_reseeding(ray_cluster, lesion, ect, tmp_
     assert second.trials_run == 3 and second.trials_in_study == 7
     assert [r.number for r in second.history] == [4, 5, 6]
     assert any("resumed study" in n for n in second.notes)
-    assert first.study_name == second.study_name == "ectplan-lesion-phantom-ect-seed0"
+    assert first.study_name == second.study_name == "ectplan-lesion-phantom-ect-seed0-focal"
 
 
 def test_zero_or_missing_budget_is_refused_before_any_work(lesion, ect):

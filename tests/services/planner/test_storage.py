@@ -96,3 +96,9 @@ def test_a_distributed_search_keeps_its_trials_in_postgresql(ray_cluster, lesion
     assert len(stored.trials) == result.trials_run == 6
     assert stored.trials[result.trial_number].params == result.params
     optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_focal_studies_get_their_own_default_name():
+    focal = study_name_for("picai-10032", "ect", 0, target_scope="lesion")
+    assert focal == "ectplan-picai-10032-ect-seed0-focal"
+    assert study_name_for("picai-10032", "ect", 0, target_scope="gland") != focal

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.front.gen.ectplan.v1 import plan_pb2 as ectplan_dot_v1_dot_plan__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ectplan/v1/evaluation_service.proto\x12\nectplan.v1\x1a\x15\x65\x63tplan/v1/plan.proto\"\xc3\x01\n\x13\x45valuatePlanRequest\x12\x12\n\nanatomy_id\x18\x01 \x01(\t\x12 \n\x04plan\x18\x02 \x01(\x0b\x32\x10.ectplan.v1.PlanH\x00\x12\x13\n\tplan_json\x18\x03 \x01(\tH\x00\x12)\n\x08protocol\x18\x04 \x01(\x0b\x32\x17.ectplan.v1.ProtocolRef\x12\x17\n\x0fgrid_spacing_mm\x18\x05 \x01(\x01\x12\x0e\n\x06linear\x18\x06 \x01(\x08\x42\r\n\x0bplan_source\"\x92\x01\n\x14\x45valuatePlanResponse\x12*\n\nevaluation\x18\x01 \x01(\x0b\x32\x16.ectplan.v1.Evaluation\x12\x14\n\x0csolved_pairs\x18\x02 \x01(\r\x12\x14\n\x0creused_pairs\x18\x03 \x01(\r\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x12\x11\n\tplan_json\x18\x05 \x01(\t2f\n\x11\x45valuationService\x12Q\n\x0c\x45valuatePlan\x12\x1f.ectplan.v1.EvaluatePlanRequest\x1a .ectplan.v1.EvaluatePlanResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ectplan/v1/evaluation_service.proto\x12\nectplan.v1\x1a\x15\x65\x63tplan/v1/plan.proto\"\xd9\x01\n\x13\x45valuatePlanRequest\x12\x12\n\nanatomy_id\x18\x01 \x01(\t\x12 \n\x04plan\x18\x02 \x01(\x0b\x32\x10.ectplan.v1.PlanH\x00\x12\x13\n\tplan_json\x18\x03 \x01(\tH\x00\x12)\n\x08protocol\x18\x04 \x01(\x0b\x32\x17.ectplan.v1.ProtocolRef\x12\x17\n\x0fgrid_spacing_mm\x18\x05 \x01(\x01\x12\x0e\n\x06linear\x18\x06 \x01(\x08\x12\x14\n\x0ctarget_scope\x18\x07 \x01(\tB\r\n\x0bplan_source\"\x92\x01\n\x14\x45valuatePlanResponse\x12*\n\nevaluation\x18\x01 \x01(\x0b\x32\x16.ectplan.v1.Evaluation\x12\x14\n\x0csolved_pairs\x18\x02 \x01(\r\x12\x14\n\x0creused_pairs\x18\x03 \x01(\r\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x12\x11\n\tplan_json\x18\x05 \x01(\t2f\n\x11\x45valuationService\x12Q\n\x0c\x45valuatePlan\x12\x1f.ectplan.v1.EvaluatePlanRequest\x1a .ectplan.v1.EvaluatePlanResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.front.gen.ectplan.
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVALUATEPLANREQUEST']._serialized_start=75
-  _globals['_EVALUATEPLANREQUEST']._serialized_end=270
-  _globals['_EVALUATEPLANRESPONSE']._serialized_start=273
-  _globals['_EVALUATEPLANRESPONSE']._serialized_end=419
-  _globals['_EVALUATIONSERVICE']._serialized_start=421
-  _globals['_EVALUATIONSERVICE']._serialized_end=523
+  _globals['_EVALUATEPLANREQUEST']._serialized_end=292
+  _globals['_EVALUATEPLANRESPONSE']._serialized_start=295
+  _globals['_EVALUATEPLANRESPONSE']._serialized_end=441
+  _globals['_EVALUATIONSERVICE']._serialized_start=443
+  _globals['_EVALUATIONSERVICE']._serialized_end=545
 # @@protoc_insertion_point(module_scope)

@@ -27,6 +27,7 @@ class EvaluatePlanRequest(_message.Message):
     PROTOCOL_FIELD_NUMBER: _builtins.int
     GRID_SPACING_MM_FIELD_NUMBER: _builtins.int
     LINEAR_FIELD_NUMBER: _builtins.int
+    TARGET_SCOPE_FIELD_NUMBER: _builtins.int
     anatomy_id: _builtins.str
     plan_json: _builtins.str
     """The plan JSON (optimizer/evaluate/plan.py)."""
@@ -34,6 +35,8 @@ class EvaluatePlanRequest(_message.Message):
     """Planning grid spacing (mm); 0: 1 mm."""
     linear: _builtins.bool
     """Constant conductivity (faster, pairs scale with voltage); default is sigma(E)."""
+    target_scope: _builtins.str
+    """"lesion", "gland" or "auto"/empty, as in SearchOptions.target_scope."""
     @_builtins.property
     def plan(self) -> _plan_pb2.Plan: ...
     @_builtins.property
@@ -49,10 +52,11 @@ class EvaluatePlanRequest(_message.Message):
         protocol: _plan_pb2.ProtocolRef | None = ...,
         grid_spacing_mm: _builtins.float = ...,
         linear: _builtins.bool = ...,
+        target_scope: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "plan_json", b"plan_json", "plan_source", b"plan_source", "protocol", b"protocol"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anatomy_id", b"anatomy_id", "grid_spacing_mm", b"grid_spacing_mm", "linear", b"linear", "plan", b"plan", "plan_json", b"plan_json", "plan_source", b"plan_source", "protocol", b"protocol"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anatomy_id", b"anatomy_id", "grid_spacing_mm", b"grid_spacing_mm", "linear", b"linear", "plan", b"plan", "plan_json", b"plan_json", "plan_source", b"plan_source", "protocol", b"protocol", "target_scope", b"target_scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_plan_source: _TypeAlias = _typing.Literal["plan", "plan_json"]  # noqa: Y015
     _WhichOneofArgType_plan_source: _TypeAlias = _typing.Literal["plan_source", b"plan_source"]  # noqa: Y015

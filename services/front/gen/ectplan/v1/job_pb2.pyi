@@ -113,6 +113,8 @@ class SearchOptions(_message.Message):
     MULTI_OBJECTIVE_FIELD_NUMBER: _builtins.int
     GRID_SPACING_MM_FIELD_NUMBER: _builtins.int
     SAMPLER_FIELD_NUMBER: _builtins.int
+    TARGET_SCOPE_FIELD_NUMBER: _builtins.int
+    WARM_START_LIBRARY_FIELD_NUMBER: _builtins.int
     workers: _builtins.int
     """Parallel evaluators (Ray workers); 0: the server's default."""
     multi_objective: _builtins.bool
@@ -121,6 +123,14 @@ class SearchOptions(_message.Message):
     """Fine (clinical) planning grid spacing in mm; 0: 1 mm. The coarse grid is twice it."""
     sampler: _builtins.str
     """"tpe", "nsga2", "random", "qmc", "ga"; empty: the default for the objective count."""
+    target_scope: _builtins.str
+    """What is treated: "lesion" (focal), "gland" (whole gland) or "auto"/empty (lesions when
+    segmented, else the gland).
+    """
+    warm_start_library: _builtins.str
+    """A plan library the server knows (by name, under its libraries folder) whose most similar
+    cases' plans start the search; empty: none.
+    """
     def __init__(
         self,
         *,
@@ -128,10 +138,12 @@ class SearchOptions(_message.Message):
         multi_objective: _builtins.bool = ...,
         grid_spacing_mm: _builtins.float = ...,
         sampler: _builtins.str = ...,
+        target_scope: _builtins.str = ...,
+        warm_start_library: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grid_spacing_mm", b"grid_spacing_mm", "multi_objective", b"multi_objective", "sampler", b"sampler", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grid_spacing_mm", b"grid_spacing_mm", "multi_objective", b"multi_objective", "sampler", b"sampler", "target_scope", b"target_scope", "warm_start_library", b"warm_start_library", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
