@@ -521,6 +521,15 @@ def _urethra_path(g: GlandMeasures, p: ModelOrganParams) -> FloatArray:
     return np.array([below, *anchors, above])
 
 
+def _below_apex(below: FloatArray, apex: FloatArray, radius: float) -> FloatArray:
+    """The sphincter's axis: from ``below`` to one radius short of the apex, so that its rounded
+    end touches the apex and the sphincter stays out of the gland."""
+    axis = apex - below
+    length = float(np.linalg.norm(axis))
+    top = below + axis * max(length - radius, 0.0) / max(length, 1e-9)
+    return np.array([below, top])
+
+
 def _bladder(g: GlandMeasures, p: ModelOrganParams, neck: FloatArray) -> tuple[Shape, Shape]:
     semi = np.array(
         [
@@ -620,13 +629,14 @@ def place_model_organs(
     below, first = urethra_path[0], urethra_path[1]
     t = (g.lo[2] - below[2]) / (first[2] - below[2])
     apex = below + t * (first - below)
+    sphincter_r = p("sphincter", "radius_mm")
     bladder_wall, urine = _bladder(g, p, urethra_path[-2])
     shapes: dict[str, Shape] = {
         "rectal_wall": _rectal_wall(g, p),
         "bladder_wall": bladder_wall,
         "urine": urine,
         "urethra": Tube(np.vstack([apex, urethra_path[1:]]), p("urethra", "radius_mm")),
-        "sphincter": Tube(np.array([below, apex]), p("sphincter", "radius_mm")),
+        "sphincter": Tube(_below_apex(below, apex, sphincter_r), sphincter_r),
         "nvb_left": Tube(_nvb_path(g, p, -1.0), p("nvb", "radius_mm")),
         "nvb_right": Tube(_nvb_path(g, p, +1.0), p("nvb", "radius_mm")),
         "pubic_bone": _pubic_bone(g, p),
