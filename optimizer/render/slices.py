@@ -152,8 +152,10 @@ def render_slices(fig_spec: SliceFigure, path: str | Path, dpi: int = 110) -> Pa
             if view == VIEWS[-1]:
                 fig.colorbar(im, ax=ax, shrink=0.8, label=overlay.label)
         for s in anatomy.structures:
-            if s.role.value == "helper":
-                continue  # zones and alternative delineations would clutter the outline
+            if s.role.value == "helper" and s.kind.name != "gland":
+                # Zones and alternative delineations would clutter the outline; the gland of
+                # a focal plan (kept as a helper) is the landmark a reader looks for.
+                continue
             plane = _plane(s.mask, axes, index)
             if not plane.any():
                 continue
