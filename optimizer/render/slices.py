@@ -151,10 +151,17 @@ def render_slices(fig_spec: SliceFigure, path: str | Path, dpi: int = 110) -> Pa
                            extent=extent, colors="white", linewidths=1.0, linestyles="--")
             if view == VIEWS[-1]:
                 fig.colorbar(im, ax=ax, shrink=0.8, label=overlay.label)
+        # Zones and alternative delineations would clutter the outline, but a focal plan's
+        # gland (a helper there, listed before any alternative delineation) is the landmark a
+        # reader looks for: draw the first gland helper when no gland is a target.
+        landmark = None
+        if not any(s.kind.name == "gland" and s.role.value == "target" for s in anatomy):
+            landmark = next(
+                (s.name for s in anatomy if s.kind.name == "gland" and s.role.value == "helper"),
+                None,
+            )
         for s in anatomy.structures:
-            if s.role.value == "helper" and s.kind.name != "gland":
-                # Zones and alternative delineations would clutter the outline; the gland of
-                # a focal plan (kept as a helper) is the landmark a reader looks for.
+            if s.role.value == "helper" and s.name != landmark:
                 continue
             plane = _plane(s.mask, axes, index)
             if not plane.any():
