@@ -164,7 +164,7 @@ def portable_plan(space: SearchSpace, plan: Plan) -> dict[str, Any]:
         v = (hole.row - (t.rows - 1) / 2) * t.spacing_mm
         holes.append([(u - cu) / radius, (v - cv) / radius])
     for name, value in params.items():
-        if name.startswith(("hole_col_", "hole_row_")) or name.startswith("hole_"):
+        if name.startswith("hole_"):  # hole_k, hole_col_k, hole_row_k: replaced by offsets
             continue
         rest[name] = value.item() if isinstance(value, np.generic) else value
     return {

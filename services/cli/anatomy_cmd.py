@@ -7,14 +7,14 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
+from services.cli.target_option import add_target_argument
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("anatomy", help="show the structures, volumes and notes of a case")
     p.add_argument("path", help="a case folder, DICOM folder, label map or .npz")
     p.add_argument("--grid-mm", type=float, default=1.0, help="planning grid spacing (mm)")
-    p.add_argument("--target", default="auto", choices=["auto", "lesion", "gland"],
-                   help="what is treated: the segmented lesion(s) (focal), the whole gland, or "
-                   "auto: lesions when segmented, else the gland (default)")  # fmt: skip
+    add_target_argument(p)
     p.add_argument("--margin-mm", type=float, default=30.0, help="margin around the target")
     p.set_defaults(handler=run)
 

@@ -27,6 +27,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from services.cli.target_option import add_target_argument
+
 CANCELLED_EXIT = 130
 SOME_FAILED_EXIT = 1
 
@@ -46,9 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--grid-mm", type=float, default=1.0, help="fine planning grid (mm) for the "
                    "final evaluation; exploration uses max(2, this)")  # fmt: skip
-    p.add_argument("--target", default="auto", choices=["auto", "lesion", "gland"],
-                   help="what is treated: the segmented lesion(s) (focal), the whole gland, or "
-                   "auto: lesions when segmented, else the gland (default)")  # fmt: skip
+    add_target_argument(p)
     p.add_argument(
         "--linear",
         action="store_true",

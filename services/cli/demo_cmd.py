@@ -17,6 +17,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from services.cli.target_option import add_target_argument
+
 DEFAULT_TRIALS = 60
 DEFAULT_TIME_LIMIT_S = 240.0
 
@@ -43,9 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid-mm", type=float, default=1.0, help="planning grid spacing (mm)")
-    p.add_argument("--target", default="auto", choices=["auto", "lesion", "gland"],
-                   help="what is treated: the segmented lesion(s) (focal), the whole gland, or "
-                   "auto: lesions when segmented, else the gland (default)")  # fmt: skip
+    add_target_argument(p)
     p.add_argument(
         "--preview-only",
         action="store_true",

@@ -9,6 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from services.cli.target_option import add_target_argument
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("evaluate", help="evaluate a plan: metrics.json, NIfTI fields, report")
@@ -22,9 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--linear", action="store_true", help="constant conductivity (faster; default is sigma(E))"
     )
-    p.add_argument("--target", default="auto", choices=["auto", "lesion", "gland"],
-                   help="what is treated: the segmented lesion(s) (focal), the whole gland, or "
-                   "auto: lesions when segmented, else the gland (default)")  # fmt: skip
+    add_target_argument(p)
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "gpu"])
     p.set_defaults(handler=run)
 

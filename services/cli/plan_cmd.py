@@ -19,6 +19,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from services.cli.target_option import add_target_argument
+
 CANCELLED_EXIT = 130
 
 
@@ -49,9 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--grid-mm", type=float, default=1.0,
                    help="fine planning grid (mm) for the final evaluation; exploration uses "
                    "max(2, this)")  # fmt: skip
-    p.add_argument("--target", default="auto", choices=["auto", "lesion", "gland"],
-                   help="what is treated: the segmented lesion(s) (focal), the whole gland, or "
-                   "auto: lesions when segmented, else the gland (default)")  # fmt: skip
+    add_target_argument(p)
     p.add_argument("--library", help="a plan library (ectplan batch): the plans of its most "
                    "similar cases start the search (warm start)")  # fmt: skip
     p.add_argument("--asynchronous", action="store_true",

@@ -35,6 +35,7 @@ from optimizer.evaluate.protocol import Protocol as TreatmentProtocol
 from optimizer.search.fidelity import DEFAULT_TOP_K
 from optimizer.search.local import SearchProgress, SearchResult, run_search
 from optimizer.search.space import SearchSpace
+from services.front.logging import log_event
 
 # The exploration grid: 2 mm with constant conductivity (DESIGN.md section 3); the fine grid is
 # the job's grid_spacing_mm (1 mm by default). A job asking for >= 2 mm explores on its own grid.
@@ -197,6 +198,8 @@ class LocalSearchRunner:
             others = [] if coarse is fine else [coarse.obstacles]
             space = SearchSpace(fine, job.protocol, also_clear_on=others)
             warm, _ = library_seed_plans(job.warm_start_library, space)
+            # Only a count: the notes name library cases, and the log keeps to fixed fields.
+            log_event("warm start from plan library", job_id=job.job_id, count=len(warm))
             seed_plans = warm + seed_plans
         result = run_search(
             coarse,

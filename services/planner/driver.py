@@ -89,7 +89,7 @@ from services.planner.cluster import ClusterInfo, connect
 from services.planner.pool import DEFAULT_MAX_RESTARTS, POLL_S, PoolError, Worker, WorkerPool
 from services.planner.progress import ClusterProgress, InFlight
 from services.planner.storage import mask_url, open_storage, study_name_for
-from services.planner.warm_library import library_seed_plans
+from services.planner.warm_library import DEFAULT_WARM_START_CASES, library_seed_plans
 
 DEFAULT_WORKERS = 2
 DEFAULT_COARSE_MM = 2.0
@@ -180,7 +180,7 @@ class DistributedSearch:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         target_scope: str = "auto",
         library: str | Path | None = None,
-        warm_start_cases: int = 3,
+        warm_start_cases: int = DEFAULT_WARM_START_CASES,
     ) -> None:
         check_budget(trials, time_limit_s, 1)
         if workers < 1:
