@@ -75,6 +75,9 @@ class GeneticSampler(BaseSampler):
         self.mutation_rate = mutation_rate
         self._rng = np.random.RandomState(seed)
         self._random = RandomSampler(seed=seed)
+        # Plan identity of each completed trial by (study, trial number): decoding every
+        # evaluated plan at every ask made a long search quadratic.
+        self._identities: dict[tuple[int, int], str] = {}
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -100,7 +103,7 @@ class GeneticSampler(BaseSampler):
         if len(done) < self.population_size:
             return {}  # random start: sample_independent fills every parameter
         population = sorted(done, key=_rank)[: self.population_size]
-        seen = {self._identity(t.params) for t in done}
+        seen = {self._known_identity(study, t) for t in done}
         for _ in range(MAX_DUPLICATE_RETRIES):
             mother = self._tournament(population)
             father = self._tournament(population)
@@ -159,6 +162,13 @@ class GeneticSampler(BaseSampler):
 
     def _identity(self, params: dict[str, Any]) -> str:
         return self._space.decode(params).model_dump_json(exclude={"name", "notes"})
+
+    def _known_identity(self, study: Study, trial: FrozenTrial) -> str:
+        key = (study._study_id, trial.number)
+        known = self._identities.get(key)
+        if known is None:
+            known = self._identities[key] = self._identity(trial.params)
+        return known
 
     def _mutate_gene(self, value: Any, dist: BaseDistribution) -> Any:
         if isinstance(dist, CategoricalDistribution):
