@@ -7,8 +7,10 @@ score and a short criteria summary as trial user attributes and the constraint v
 ``Trial.set_constraint`` (one per required criterion, named by its id, plus "limits"), where
 TPE and NSGA-II read them.
 
-Storage: None (in memory), an RDB URL (``sqlite:///path.db``, postgresql://...), a journal file
-(``journal:path`` or a path ending in .log/.jsonl), or an Optuna storage object. A stored study
+Storage: None (in memory), or, kept in memory and written through one finished trial at a
+time (optimizer.search.write_through), an RDB URL (``sqlite:///path.db``, postgresql://...),
+a journal file (``journal:path`` or a path ending in .log/.jsonl), or an Optuna storage
+object. A stored study
 remembers the signature of its search space; reopening it with another case, protocol or space
 is refused rather than mixing incomparable trials.
 """
@@ -23,7 +25,7 @@ from typing import Any
 
 import optuna
 from optuna.samplers import BaseSampler
-from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, get_storage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -32,6 +34,7 @@ from optimizer.evaluate.plan import Plan
 from optimizer.search.objective import OBJECTIVE_NAMES, constraint_names, outcome
 from optimizer.search.settings import ScoreWeights
 from optimizer.search.space import SearchSpace
+from optimizer.search.write_through import WriteThroughStorage
 
 SIGNATURE_ATTR = "ectplan.space_signature"
 ERROR_ATTR = "error"
@@ -72,7 +75,7 @@ def open_study(
     n_objectives = len(OBJECTIVE_NAMES) if multi_objective else 1
     try:
         study = optuna.create_study(
-            storage=resolve_storage(storage),
+            storage=_in_memory_front(resolve_storage(storage)),
             sampler=sampler,
             study_name=study_name,
             directions=["minimize"] * n_objectives,
@@ -101,6 +104,21 @@ def open_study(
             "objective_names", list(OBJECTIVE_NAMES) if multi_objective else ["score"]
         )
     return study
+
+
+def _in_memory_front(storage: str | BaseStorage | None) -> BaseStorage | None:
+    """A durable storage behind an in-memory one (optimizer.search.write_through): the
+    search reads and writes memory, each finished trial is written through in one go."""
+    if storage is None or isinstance(storage, InMemoryStorage | WriteThroughStorage):
+        return storage
+    return WriteThroughStorage(get_storage(storage))
+
+
+def flush(study: optuna.Study) -> int:
+    """Write any finished trial still held back by an abandoned earlier one (call when a
+    search stops); returns how many were written."""
+    storage = study._storage
+    return storage.flush() if isinstance(storage, WriteThroughStorage) else 0
 
 
 def enqueue(study: optuna.Study, params: Iterable[dict[str, Any]]) -> int:

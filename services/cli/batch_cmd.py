@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--concurrency", type=int, help="cases at once (default: the cluster's CPUs)")
     p.add_argument("--ray-address", help="Ray cluster (host:port or ray://host:10001); default "
                    "RAY_ADDRESS, else a local Ray")  # fmt: skip
-    p.add_argument("--storage", help="Optuna storage URL for the studies (default: one SQLite "
+    p.add_argument("--storage", help="Optuna storage URL for the studies (default: one journal "
                    "file per case in <out>/studies; postgresql://user:pw@host/db)")  # fmt: skip
     p.set_defaults(handler=run)
 

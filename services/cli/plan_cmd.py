@@ -2,8 +2,11 @@
 
 Writes plan.json, everything ``ectplan evaluate`` writes for that plan (metrics.json, fields,
 markups, pictures, report.html), search.json, search_history.png and, for a multi-objective
-search, pareto.json. The trials are kept in ``<out>/study.db`` (SQLite) unless ``--storage``
-names another database; ``optuna-dashboard sqlite:///<out>/study.db`` shows them live.
+search, pareto.json. The trials are kept in the Optuna journal file
+``<out>/study.journal.log`` unless ``--storage`` names another (a PostgreSQL URL, a
+sqlite:///path.db file); ``optuna-dashboard <out>/study.journal.log`` shows them live. Running
+again into the same folder resumes that study (a folder an earlier version planned into keeps
+its SQLite ``study.db``).
 
 Exit 0 when a plan was produced, whether or not it meets every required criterion (the
 summary says which it misses and by how much); 2 on bad input or an unreachable cluster or
@@ -38,8 +41,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--ray-address", help="Ray cluster (host:port or ray://host:10001); default "
                    "RAY_ADDRESS, else a local Ray")  # fmt: skip
-    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/study.db; "
-                   "postgresql://user:pw@host/db)")  # fmt: skip
+    p.add_argument("--storage", help="Optuna storage (default: the journal file "
+                   "<out>/study.journal.log; postgresql://user:pw@host/db, "
+                   "sqlite:///path.db, or another path ending in .log)")  # fmt: skip
     p.add_argument("--study-name", help="default: derived from case, protocol and seed")
     p.add_argument(
         "--multi-objective",
@@ -79,9 +83,8 @@ def run(args: argparse.Namespace) -> int:
     trials = args.trials if args.trials is not None or args.time_limit else 200
     protocol = load_protocol(args.protocol)
     table = load_tissue_table()
+    # Opening the default study makes the output folder (or says why it cannot).
     storage = args.storage or default_storage_url(out)
-    if not args.storage:
-        out.mkdir(parents=True, exist_ok=True)
     search = DistributedSearch(
         args.anatomy, protocol, trials=trials, time_limit_s=args.time_limit,
         workers=args.workers, seed=args.seed, multi_objective=args.multi_objective,

@@ -8,7 +8,8 @@
   job row) and is then published to live watchers through the ``EventHub``.
 - Restart: ``start`` re-queues jobs the store lists as queued or running (a running one was
   interrupted by a crash or a shutdown; it gets a REQUEUED event). Its search resumes from the
-  job's Optuna study (completed trials are kept there), with the budget that is left.
+  job's Optuna study (``jobs/<id>/study.journal.log``: completed trials are kept there), with
+  the budget that is left.
 - Shutdown (``stop``): running searches are asked to stop at their next trial and go back to
   QUEUED (not CANCELLED), so the next front resumes them.
 """
@@ -43,6 +44,7 @@ from services.front.searches import (
 from services.front.uploads import AnatomyStore
 from services.front.validation import resolve_protocol
 from services.planner.library import META_FILE as LIBRARY_META_FILE
+from services.planner.storage import default_storage_url
 
 TERMINAL_EVENT_KINDS = frozenset({
     job_pb2.JOB_EVENT_KIND_SUCCEEDED, job_pb2.JOB_EVENT_KIND_FAILED,
@@ -309,7 +311,8 @@ class JobQueue:
         request = record.request
         job_dir = self.job_dir(job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
-        storage_url = f"sqlite:///{job_dir / 'study.db'}"
+        # jobs/<id>/study.journal.log (a job started by an earlier version keeps its study.db)
+        storage_url = default_storage_url(job_dir)
         running.trials_before = completed_trials(storage_url, job_id)
         running.elapsed_before = record.progress.elapsed_s
         attempt = record.attempts + 1

@@ -11,8 +11,9 @@ runs behind it:
   that ``plan_distributed`` wraps);
 - ``LocalSearchRunner``: optimizer/search/local.py ``run_search`` in this process (no Ray).
 
-Both keep completed trials in an Optuna storage named after the job, so a job interrupted by a
-restart resumes its study instead of starting over.
+Both keep completed trials in an Optuna study named after the job (the queue gives each job
+its own journal file, ``jobs/<id>/study.journal.log``), so a job interrupted by a restart
+resumes its study instead of starting over.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
+from optuna.storages import RDBStorage
 
 from optimizer.anatomy.structures import Anatomy
 from optimizer.case import PreparedCase, prepare_case
@@ -36,6 +38,7 @@ from optimizer.search.fidelity import DEFAULT_TOP_K
 from optimizer.search.local import SearchProgress, SearchResult, run_search
 from optimizer.search.space import SearchSpace
 from services.front.logging import log_event
+from services.planner.storage import StorageError, open_storage
 
 # The exploration grid: 2 mm with constant conductivity (DESIGN.md section 3); the fine grid is
 # the job's grid_spacing_mm (1 mm by default). A job asking for >= 2 mm explores on its own grid.
@@ -124,17 +127,22 @@ def prepare_cases(
 
 
 def completed_trials(storage_url: str, study_name: str) -> int:
-    """Trials a stored study already completed (0 when it does not exist yet)."""
+    """Trials a stored study already completed (0 when it does not exist yet); ``storage_url``
+    as ``services.planner.storage.open_storage`` takes it (journal file, sqlite:///, ...)."""
     try:
-        summaries = optuna.study.get_all_study_summaries(storage=storage_url)
-    except Exception:  # no database yet
+        storage = open_storage(storage_url)
+    except StorageError:  # the search itself reports what is wrong with it
         return 0
-    for s in summaries:
-        if s.study_name == study_name:
-            study = optuna.load_study(study_name=study_name, storage=storage_url)
-            states = (optuna.trial.TrialState.COMPLETE,)
-            return len(study.get_trials(deepcopy=False, states=states))
-    return 0
+    assert storage is not None  # only None opens in memory
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+        states = (optuna.trial.TrialState.COMPLETE,)
+        return len(storage.get_all_trials(study_id, deepcopy=False, states=states))
+    except KeyError:  # no such study yet
+        return 0
+    finally:
+        if isinstance(storage, RDBStorage):
+            storage.engine.dispose()
 
 
 class _ImprovementTracker:

@@ -2,6 +2,6 @@
 
 ``plan_distributed`` / ``DistributedSearch`` (driver) run the search library's ask/tell loop
 (``optimizer.search``) with evaluations on Ray actors (actors, pool); storage opens the Optuna
-storage (SQLite by default, PostgreSQL by URL); cluster starts or reaches Ray; outputs writes
-search.json, pareto.json and the history picture. Nothing under ``optimizer/`` imports Ray.
+storage (a journal file by default, PostgreSQL by URL); cluster starts or reaches Ray; outputs
+writes search.json, pareto.json and the history picture. Nothing under ``optimizer/`` imports Ray.
 """

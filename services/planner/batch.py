@@ -9,7 +9,7 @@ recorded with its reason and never stops the others.
 
 Resumable: a rerun skips planned cases and retries failed ones, and an interrupted case resumes
 its Optuna study (one study per case, named from the library, case, protocol and seed; in the
-library's ``studies/`` SQLite files unless a database URL is given).
+library's ``studies/`` journal files unless a database URL is given).
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def run_batch(
             "started": now_utc(), "trials": s.trials, "time_limit_s": s.time_limit_s,
             "seed": s.seed, "grid_mm": s.grid_mm, "coarse_mm": s.coarse_mm,
             "nonlinear": s.nonlinear,
-            "storage": "library studies/ (SQLite)" if storage_url is None
+            "storage": "library studies/" if storage_url is None
             else mask_url(storage_url),
         }  # fmt: skip
         (library.path / "studies").mkdir(exist_ok=True)

@@ -120,7 +120,7 @@ def run_case_steps(
     evaluated = fine_evaluator.evaluate_with_fields(result.plan)
     out.mkdir(parents=True, exist_ok=True)
     result.plan.save(out / "plan.json")
-    storage_text = mask_url(job.storage_url) if job.storage_url else "library studies/ (SQLite)"
+    storage_text = mask_url(job.storage_url) if job.storage_url else "library studies/"
     extra = {
         "nonlinear": s.nonlinear,
         "search": {

@@ -6,9 +6,10 @@ writes the library and worker nodes need no shared file system. It never raises 
 case: an unreadable anatomy, an unreachable target or a failed search comes back as a failed
 outcome whose reason names the stage and the error.
 
-The case's Optuna study lives in the given database, else in the library's per-case SQLite
-file (``studies/<case>.db``). A node that cannot see that file (no shared file system) works on
-a private copy of it (the driver sends the earlier contents, if any) and hands the file back.
+The case's Optuna study lives in the given database, else in the library's per-case journal
+file (``studies/<case>.journal.log``; a library of an earlier version keeps its SQLite
+``studies/<case>.db``). A node that cannot see that file (no shared file system) works on a
+private copy of it (the driver sends the earlier contents, if any) and hands the file back.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from optimizer.evaluate.protocol import Protocol
 from services.planner.batch_case import run_case_steps
 from services.planner.library import now_utc
 from services.planner.library_index import FAILED, PLANNED
+from services.planner.storage import LEGACY_SUFFIX, open_storage, storage_url_for
 
 # prepare_case's default margin around the target (mm), as ``ectplan plan`` uses.
 DEFAULT_MARGIN_MM = 30.0
@@ -66,7 +68,7 @@ class CaseJob:
     settings: BatchSettings
     study_name: str
     storage_url: str | None  # a database for every case (e.g. PostgreSQL); None: study_file
-    study_file: str | None = None  # the library's SQLite file for this case
+    study_file: str | None = None  # the library's study file for this case (journal or .db)
     study_bytes: bytes | None = None  # its earlier contents, for a node that cannot see it
 
 
@@ -135,10 +137,8 @@ def failed_row(job: CaseJob, reason: str, started_at: str, seconds: float,
 
 @contextmanager
 def _study_storage(job: CaseJob, scratch: Path) -> Iterator[tuple[Any, Path | None]]:
-    """(Optuna storage, path of the private SQLite copy or None); closes its connections."""
+    """(Optuna storage, path of the private study copy or None); closes its connections."""
     from optuna.storages import RDBStorage
-
-    from services.planner.storage import open_storage
 
     private: Path | None = None
     if job.storage_url is not None:
@@ -147,11 +147,11 @@ def _study_storage(job: CaseJob, scratch: Path) -> Iterator[tuple[Any, Path | No
         assert job.study_file is not None
         path = Path(job.study_file)
         if not path.parent.is_dir():
-            private = scratch / "study.db"
+            private = scratch / path.name  # the same kind of file: journal, or legacy SQLite
             if job.study_bytes:
                 private.write_bytes(job.study_bytes)
             path = private
-        storage = open_storage(f"sqlite:///{path}")
+        storage = open_storage(storage_url_for(path))
     try:
         yield storage, private
     finally:
@@ -162,10 +162,12 @@ def _study_storage(job: CaseJob, scratch: Path) -> Iterator[tuple[Any, Path | No
 def _read_private_study(path: Path | None) -> bytes | None:
     if path is None or not path.is_file():
         return None
-    # Fold the write-ahead log into the file so the bytes are the whole study.
-    with sqlite3.connect(path) as connection:
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    connection.close()
+    if path.suffix == LEGACY_SUFFIX:
+        # Fold SQLite's write-ahead log into the file so the bytes are the whole study (a
+        # journal is one append-only file already).
+        with sqlite3.connect(path) as connection:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.close()
     return path.read_bytes()
 
 

@@ -78,6 +78,7 @@ from optimizer.search.study import (
     ask,
     completed,
     enqueue,
+    flush,
     open_study,
     pareto_front,
     tell,
@@ -360,6 +361,9 @@ class DistributedSearch:
         except PoolError as exc:
             self._abandon(f"not evaluated: {exc}")
             raise SearchError(str(exc)) from exc
+        finally:
+            if self._prepared:
+                flush(self.study)  # trials held back behind one that was never told
         self._report("done", "")
         return result
 

@@ -6,8 +6,10 @@ Layout::
       library.json          format, ectplan version, protocol(s), tissue table, dates, notice
       index.parquet         one row per case (services.planner.library_index)
       cases/<case_id>/      everything ``ectplan evaluate`` writes, plus plan.json, search.json
-      studies/<case_id>.db  the case's Optuna study (default SQLite storage; one file a case,
-                            so parallel cases never share a SQLite lock)
+      studies/<case_id>.journal.log
+                            the case's Optuna study (default journal storage; one file a case,
+                            so parallel cases never share a lock; a library made by an earlier
+                            version keeps its SQLite <case_id>.db)
       library_report.html   the library report (services.planner.library_report)
 
 Query it from Python::
@@ -167,7 +169,13 @@ class Library:
         return self.path / CASES_DIR / check_case_id(case_id)
 
     def study_file(self, case_id: str) -> Path:
-        return self.path / STUDIES_DIR / f"{check_case_id(case_id)}.db"
+        """The case's study: ``studies/<case>.journal.log``, or the ``<case>.db`` (SQLite) an
+        earlier version made, kept while no journal exists (services.planner.storage)."""
+        # Imported here: storage pulls in Optuna and SQLAlchemy, which reading a library
+        # does not need.
+        from services.planner.storage import study_path
+
+        return study_path(self.path / STUDIES_DIR, check_case_id(case_id))
 
     def is_planned(self, case_id: str) -> bool:
         """Planned and its outputs are present (a rerun skips it)."""

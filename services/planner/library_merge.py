@@ -106,7 +106,7 @@ def merge_libraries(
             study = lib.study_file(case_id)
             if study.is_file():
                 merged.study_file(case_id).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(study, merged.study_file(case_id))
+                shutil.copy2(study, merged.study_file(case_id).with_name(study.name))
             if row.get("status") == PLANNED:
                 source = lib.case_dir(case_id)
                 files = {p.name: p.read_bytes() for p in sorted(source.iterdir()) if p.is_file()}

@@ -1,35 +1,53 @@
-"""Where a distributed search keeps its trials: SQLite in the output folder, or a database URL.
+"""Where a search keeps its trials: an Optuna journal file in the output folder, or a database.
 
-Embedded default: SQLite (``sqlite:///<out>/study.db``) rather than Optuna's journal file.
-One driver process writes (the actors never touch the study), so SQLite's single-writer lock
-costs nothing; and the file is a plain database that ``optuna-dashboard``, the ``sqlite3``
-shell and pandas all read while the search runs. Shared file systems (NFS) are the journal
-backend's one advantage, and a cluster has PostgreSQL for that.
+Embedded default: a journal file, ``<out>/study.journal.log`` (Optuna's ``JournalStorage`` over
+a ``JournalFileBackend``). The search runs its study in memory and writes each finished trial
+through in one ``create_new_trial`` (optimizer/search/write_through.py); per finished trial
+that cost 0.6 ms as one appended, fsynced JSON line, against 22-48 ms as SQLite rows through
+SQLAlchemy's ORM (one query per parameter). The driver is serial, so that difference is search
+throughput.
 
-PostgreSQL (``postgresql://user:password@host:5432/db``) needs the ``psycopg2-binary``
-driver. Connections time out after ``CONNECT_TIMEOUT_S``, so an unreachable database is an
-error within seconds, never a hang. Journal files (``journal:path``, ``*.log``) go through
-``optimizer.search.study.resolve_storage``.
+Legacy: a folder holding the ``study.db`` (SQLite) of an earlier version, and no journal yet,
+keeps that file (``study_path``), so re-running a plan into the same folder resumes its study.
+An explicit ``sqlite:///path.db`` still works.
 
-Watch a search live: ``optuna-dashboard sqlite:///out/study.db`` (``pip install
-optuna-dashboard``; not a dependency of ectplan).
+Reading a journal: it is JSON lines, one Optuna operation a line (append-only; readers never
+block the search). ``optuna-dashboard <out>/study.journal.log`` watches it live (``pip
+install optuna-dashboard``; not a dependency of ectplan). From Python (the dataframe needs
+pandas)::
+
+    storage = JournalStorage(JournalFileBackend("out/study.journal.log"))
+    optuna.load_study(study_name=None, storage=storage).trials_dataframe()
+
+PostgreSQL (``postgresql://user:password@host:5432/db``), for a cluster's shared studies,
+needs the ``psycopg2-binary`` driver. Connections time out after ``CONNECT_TIMEOUT_S``, so an
+unreachable database is an error within seconds, never a hang.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import shlex
 import sqlite3
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import event
 
 from optimizer.search.study import SearchStudyError, resolve_storage
 
-DEFAULT_DB_NAME = "study.db"
+DEFAULT_STUDY_STEM = "study"
+JOURNAL_SUFFIX = ".journal.log"  # .log: what optuna-dashboard and resolve_storage take as a journal
+LEGACY_SUFFIX = ".db"  # the SQLite file earlier versions made
+JOURNAL_PREFIX = "journal:"
+# The file endings optimizer.search.study.resolve_storage opens as a journal (a test checks
+# that the two agree).
+JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
 CONNECT_TIMEOUT_S = 5
 # SQLite waits this long for a lock held by a reader (e.g. the dashboard) before failing.
 SQLITE_BUSY_TIMEOUT_S = 30
@@ -49,8 +67,34 @@ class StorageError(ValueError):
     """A study storage cannot be opened; the message names the (password-masked) URL."""
 
 
-def default_storage_url(out_dir: str | Path) -> str:
-    return f"sqlite:///{(Path(out_dir) / DEFAULT_DB_NAME).resolve()}"
+def study_path(folder: str | Path, stem: str = DEFAULT_STUDY_STEM) -> Path:
+    """The study file ``stem`` in ``folder``: ``<stem>.journal.log``, or the SQLite
+    ``<stem>.db`` an earlier version left there when no journal exists yet (resumed as is)."""
+    journal = Path(folder) / f"{stem}{JOURNAL_SUFFIX}"
+    legacy = journal.with_name(f"{stem}{LEGACY_SUFFIX}")
+    return legacy if legacy.is_file() and not journal.exists() else journal
+
+
+def storage_url_for(path: str | Path) -> str:
+    """What ``open_storage`` takes for a study file: ``sqlite:///`` and the absolute path for a
+    .db file, else the absolute path itself (a journal; optuna-dashboard takes it as is)."""
+    absolute = Path(path).resolve()
+    return f"sqlite:///{absolute}" if absolute.suffix == LEGACY_SUFFIX else str(absolute)
+
+
+def default_storage_url(folder: str | Path, stem: str = DEFAULT_STUDY_STEM) -> str:
+    """The embedded default storage of a search writing into ``folder`` (see ``study_path``)."""
+    return storage_url_for(study_path(folder, stem))
+
+
+def journal_path(url: str | Path) -> Path | None:
+    """The file of a journal storage (``journal:path``, or a path with a journal ending)."""
+    text = str(url).strip()
+    if text.startswith(JOURNAL_PREFIX):
+        return Path(text.removeprefix(JOURNAL_PREFIX))
+    if "://" not in text and text.endswith(JOURNAL_SUFFIXES):
+        return Path(text)
+    return None
 
 
 def mask_url(url: str) -> str:
@@ -84,7 +128,33 @@ def study_name_for(
 
 
 def dashboard_command(url: str) -> str:
-    return f"{DASHBOARD_PACKAGE} {mask_url(url)}"
+    """The optuna-dashboard command line for this storage: a journal by its bare file path
+    (the dashboard opens an existing file as a journal; it knows no ``journal:`` prefix), a
+    database by its password-masked URL."""
+    journal = journal_path(url)
+    return f"{DASHBOARD_PACKAGE} {shlex.quote(str(journal) if journal else mask_url(url))}"
+
+
+def _journal(path: Path) -> JournalStorage:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab"):  # what JournalFileBackend does; here for a clear message
+            pass
+        # Every append takes a lock file made next to the journal (path.lock).
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise PermissionError(f"the folder {path.parent} is not writable")
+    except OSError as exc:
+        raise StorageError(
+            f"cannot open the journal study file {path}: {exc}; choose a writable output "
+            "folder or pass --storage"
+        ) from exc
+    try:
+        return JournalStorage(JournalFileBackend(str(path)))
+    except ValueError as exc:  # json.JSONDecodeError, "Invalid log format."
+        raise StorageError(
+            f"{path} is not an Optuna journal file ({exc}); move it away or choose another "
+            "output folder"
+        ) from exc
 
 
 def _sqlite(url: str) -> RDBStorage:
@@ -151,12 +221,17 @@ def _database(given: str, scheme: str) -> RDBStorage:
 
 
 def open_storage(url: str | Path | None) -> BaseStorage | None:
-    """An Optuna storage for ``url`` (None: in memory, nothing kept after the process)."""
+    """An Optuna storage for ``url`` (None: in memory, nothing kept after the process): a
+    journal file (a path ending in .log, .jsonl or .journal, or ``journal:path``; its folder
+    is made), ``sqlite:///path.db`` or a database URL."""
     if url is None:
         return None
     text = str(url).strip()
     if not text:
         raise StorageError("the storage URL is empty; leave it out for the default")
+    journal = journal_path(text)
+    if journal is not None:
+        return _journal(journal)
     scheme = text.split(":", 1)[0].lower() if "://" in text else ""
     if scheme == "sqlite":
         return _sqlite(text)

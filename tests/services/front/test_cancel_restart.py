@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+import optuna
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -19,6 +20,7 @@ from services.front.client import FrontClient
 from services.front.gen.ectplan.v1 import job_pb2
 from services.front.runner import QueueLimits
 from services.front.server import BackgroundServer
+from services.planner.storage import open_storage
 from tests.services.front.conftest import GRID_MM, free_port, make_config, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -137,6 +139,11 @@ def test_graceful_restart_resumes_the_job_from_its_trials(tmp_path, phantom):
     assert final.progress.trials_done == RESTART_TRIALS
     assert final.result.trials_run < RESTART_TRIALS
     assert "report.html" in final.result.artifacts
+    # Both attempts kept their trials in the job's journal file.
+    journal = tmp_path / "jobs" / job.job_id / "study.journal.log"
+    stored = optuna.load_study(study_name=job.job_id, storage=open_storage(journal))
+    assert sum(t.state.is_finished() for t in stored.trials) >= RESTART_TRIALS
+    assert not (journal.parent / "study.db").exists()
 
 
 def _serve_process(data_dir: Path, port: int) -> subprocess.Popen[bytes]:

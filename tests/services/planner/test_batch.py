@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import optuna
 import pytest
+from optuna.storages import RDBStorage
 
 from optimizer.anatomy.structures import Anatomy, Structure
 from optimizer.evaluate.protocol import load_protocol
@@ -27,6 +28,7 @@ from services.planner.batch import (
 from services.planner.batch_task import BatchSettings, CaseJob, plan_case
 from services.planner.library import open_library
 from services.planner.library_report import REPORT_FILE
+from services.planner.storage import open_storage, storage_url_for
 from tests.conftest import REAL_CASES
 from tests.evaluate.cases import lesion_anatomy
 
@@ -99,8 +101,9 @@ def test_every_real_case_is_planned_and_a_rerun_skips_them_and_retries_failures(
         assert row["node_id"] and row["seconds"] > 0
         for f in CASE_FILES:
             assert (lib.case_dir(name) / f).is_file(), (name, f)
+        assert lib.study_file(name) == library / "studies" / f"{name}.journal.log"
         study = optuna.load_study(study_name=row["study_name"],
-                                  storage=f"sqlite:///{lib.study_file(name)}")  # fmt: skip
+                                  storage=open_storage(lib.study_file(name)))  # fmt: skip
         assert sum(t.state.is_finished() for t in study.trials) == 4  # seeds wait unasked
     assert (library / REPORT_FILE).is_file()
     # Two cases at a time on the session's two-CPU Ray: each in its own task.
@@ -167,6 +170,35 @@ def test_a_cancelled_batch_records_nothing_unfinished_and_resumes(ray_cluster, l
     assert open_library(tmp_path / "lib").cases(status="planned") == ["one", "two"]
 
 
+def test_a_library_of_an_earlier_version_resumes_its_sqlite_studies(ray_cluster, lesion_folder,
+                                                                    tmp_path):  # fmt: skip
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (cases / "one").symlink_to(lesion_folder, target_is_directory=True)
+    library = tmp_path / "lib"
+    run_batch(cases, library, load_protocol("ect"), settings=PHANTOM)
+    lib = open_library(library)
+    name = str(lib.row("one")["study_name"])
+    journal = library / "studies" / "one.journal.log"
+    # What an earlier version left: the study in studies/one.db, the case not planned yet.
+    legacy = library / "studies" / "one.db"
+    to_storage = open_storage(storage_url_for(legacy))
+    assert isinstance(to_storage, RDBStorage)
+    optuna.copy_study(from_study_name=name, from_storage=open_storage(journal),
+                      to_storage=to_storage)  # fmt: skip
+    # Closed as the earlier run closed it: a connection this process kept would see its WAL
+    # vanish when the task's last connection closes (POSIX locks are per process).
+    to_storage.engine.dispose()
+    journal.unlink()
+    (lib.case_dir("one") / "plan.json").unlink()
+    again = run_batch(cases, library, load_protocol("ect"), settings=PHANTOM)
+    assert again.planned == ["one"]
+    assert open_library(library).row("one")["trials_in_study"] == 2 * PHANTOM.trials
+    assert not journal.exists()
+    stored = optuna.load_study(study_name=name, storage=storage_url_for(legacy))
+    assert sum(t.state.is_finished() for t in stored.trials) == 2 * PHANTOM.trials
+
+
 def test_the_input_folder_must_hold_case_folders(tmp_path):
     with pytest.raises(BatchError, match="does not exist"):
         discover_cases(tmp_path / "missing")
@@ -183,12 +215,13 @@ def test_the_input_folder_must_hold_case_folders(tmp_path):
     assert [c for c, _ in discover_cases(tmp_path / "empty")] == ["a", "b"]
 
 
+@pytest.mark.parametrize("ending", [".journal.log", ".db"])  # the default; a legacy library's
 def test_a_node_without_the_library_works_on_a_copy_of_the_study_and_hands_it_back(
-    lesion_folder, tmp_path
+    lesion_folder, tmp_path, ending
 ):
     """No shared file system: the library's study file is not on the task's node."""
     protocol = load_protocol("ect")
-    missing = tmp_path / "not-on-this-node" / "studies" / "lesion.db"
+    missing = tmp_path / "not-on-this-node" / "studies" / f"lesion{ending}"
 
     def job(study_bytes: bytes | None) -> CaseJob:
         return CaseJob("lesion", str(lesion_folder), protocol, protocol_sha256(protocol),
@@ -196,9 +229,9 @@ def test_a_node_without_the_library_works_on_a_copy_of_the_study_and_hands_it_ba
 
     first = plan_case(job(None))
     assert first.planned and first.study_bytes is not None and not missing.parent.exists()
-    stored = tmp_path / "stored.db"
-    stored.write_bytes(first.study_bytes)
-    study = optuna.load_study(study_name="copy-test", storage=f"sqlite:///{stored}")
+    stored = tmp_path / f"stored{ending}"
+    stored.write_bytes(first.study_bytes)  # the whole study (a SQLite file with its WAL folded)
+    study = optuna.load_study(study_name="copy-test", storage=open_storage(storage_url_for(stored)))
     assert sum(t.state.is_finished() for t in study.trials) == PHANTOM.trials
     # The next run on such a node resumes from the copy the driver sends along.
     second = plan_case(job(first.study_bytes))

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import optuna
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from optuna.storages import RDBStorage
 
 from optimizer.anatomy.readers.npz import save_anatomy_npz
 from optimizer.evaluate.plan import Plan
@@ -22,6 +24,7 @@ from services.planner.batch_task import BatchSettings, CaseJob, CaseOutcome, pla
 from services.planner.library import INDEX_FILE, Library, LibraryError, open_library
 from services.planner.library_create import create_library, open_or_create_library
 from services.planner.library_merge import merge_libraries
+from services.planner.storage import open_storage, storage_url_for
 from tests.evaluate.cases import lesion_anatomy
 
 QUICK = BatchSettings(trials=3, grid_mm=2.0, nonlinear=False, margin_mm=25.0)
@@ -30,8 +33,9 @@ QUICK = BatchSettings(trials=3, grid_mm=2.0, nonlinear=False, margin_mm=25.0)
 def plan(tmp: Path, anatomy: Path, case_id: str, seed: int = 0) -> CaseOutcome:
     protocol = load_protocol("ect")
     settings = BatchSettings(**{**QUICK.__dict__, "seed": seed})
+    study = tmp / f"{case_id}-{seed}.journal.log"
     job = CaseJob(case_id, str(anatomy), protocol, protocol_sha256(protocol), settings,
-                  f"test-{case_id}-{seed}", None, str(tmp / f"{case_id}-{seed}.db"))  # fmt: skip
+                  f"test-{case_id}-{seed}", None, str(study))  # fmt: skip
     return plan_case(job)
 
 
@@ -176,6 +180,30 @@ def test_merge_unites_distinct_cases(outcomes, tmp_path):
     assert [m["cases"] for m in merged.meta["merged_from"]] == [1, 1]
     assert "rectum_irreversible" in merged.meta["criteria"]
     assert merged.meta["criteria"] == open_library(a).meta["criteria"]
+
+
+def test_study_files_are_journals_a_legacy_sqlite_one_is_kept_and_merges_copy_both(
+    outcomes, tmp_path
+):
+    a = _library_with(tmp_path / "a", outcomes["first"])
+    b = _library_with(tmp_path / "b", outcomes["broken"])
+    lib_a, lib_b = open_library(a), open_library(b)
+    assert lib_b.study_file("broken") == b / "studies" / "broken.journal.log"
+    legacy = a / "studies" / "lesion.db"  # what an earlier version wrote
+    for path, value in ((legacy, 1.0), (lib_b.study_file("broken"), 2.0)):
+        storage = open_storage(storage_url_for(path))
+        optuna.create_study(storage=storage, study_name="s").add_trial(
+            optuna.trial.create_trial(value=value)
+        )
+        if isinstance(storage, RDBStorage):
+            storage.engine.dispose()
+    assert lib_a.study_file("lesion") == legacy
+    merged = merge_libraries([a, b], tmp_path / "c")
+    assert merged.study_file("lesion") == tmp_path / "c" / "studies" / "lesion.db"
+    assert merged.study_file("broken") == tmp_path / "c" / "studies" / "broken.journal.log"
+    for case_id, value in (("lesion", 1.0), ("broken", 2.0)):
+        storage = open_storage(storage_url_for(merged.study_file(case_id)))
+        assert optuna.load_study(study_name="s", storage=storage).trials[0].value == value
 
 
 def test_two_plans_of_one_case_conflict_unless_the_newer_is_preferred(outcomes, tmp_path):

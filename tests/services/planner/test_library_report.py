@@ -32,7 +32,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _plan(tmp: Path, anatomy: Path, case_id: str) -> CaseOutcome:
     protocol = load_protocol("ect")
     job = CaseJob(case_id, str(anatomy), protocol, protocol_sha256(protocol), QUICK,
-                  f"report-{case_id}", None, str(tmp / f"{case_id}.db"))  # fmt: skip
+                  f"report-{case_id}", None, str(tmp / f"{case_id}.journal.log"))  # fmt: skip
     return plan_case(job)
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from optimizer.anatomy.readers.npz import save_anatomy_npz
 from optimizer.anatomy.structures import Anatomy, Structure
@@ -34,7 +36,8 @@ def test_plan_writes_the_plan_its_evaluation_and_the_search_record(
                  "--trials", "10", "--workers", "2", "--grid-mm", "2", "--seed", "1"])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
-    for name in ("plan.json", "search.json", "search_history.png", "study.db", *EVALUATE_FILES):
+    for name in ("plan.json", "search.json", "search_history.png", "study.journal.log",
+                 *EVALUATE_FILES):  # fmt: skip
         assert (out / name).is_file(), name
     assert not (out / "pareto.json").exists()
     plan = Plan.load(out / "plan.json")
@@ -45,7 +48,9 @@ def test_plan_writes_the_plan_its_evaluation_and_the_search_record(
     assert search["trials"]["run"] == 10 and search["trials"]["in_study"] == 10
     assert search["sampler"] == DEFAULT_SAMPLER and search["seed"] == 1
     assert search["stopped_by"] == "trials"
-    assert search["storage"] == f"sqlite:///{(out / 'study.db').resolve()}"
+    journal = (out / "study.journal.log").resolve()
+    assert search["storage"] == str(journal) and not (out / "study.db").exists()
+    assert search["dashboard"] == f"optuna-dashboard {journal}"
     assert search["workers"]["count"] == 2 and search["trials_per_s"] > 0
     # What could not be met, and by how much, agrees with the plan's own evaluation.
     assert search["passed"] == metrics["passed"]
@@ -54,7 +59,9 @@ def test_plan_writes_the_plan_its_evaluation_and_the_search_record(
     assert all(u["margin"] is None or u["margin"] < 0 for u in search["unmet"])
     verdict = "meets every required criterion" if metrics["passed"] else "does NOT meet"
     assert verdict in " ".join(printed.split())
-    stored = optuna.load_study(study_name=search["study_name"], storage=search["storage"])
+    # The journal is read as the module docstring of services.planner.storage tells.
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    stored = optuna.load_study(study_name=search["study_name"], storage=storage)
     assert len(stored.trials) == 10
 
 
@@ -80,6 +87,17 @@ def test_a_zero_budget_is_refused(lesion_npz, tmp_path, capsys):
     assert code == 2
     assert "trials must be >= 1" in capsys.readouterr().err
     assert time.monotonic() - started < 5.0
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(lesion_npz, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("where the output folder should go")
+    code = main(["plan", "--anatomy", str(lesion_npz), "--protocol", "ect",
+                 "--out", str(blocker / "out"), "--trials", "5"])  # fmt: skip
+    assert code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    # (rich folds the long path itself, so only the words around it are checked)
+    assert "cannot open the journal study file" in err and "choose a writable output" in err
 
 
 def test_a_target_no_needle_can_reach_is_refused(lesion: Anatomy, tmp_path, capsys):
