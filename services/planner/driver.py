@@ -7,21 +7,29 @@ fine evaluation is the result (``optimizer.search.fidelity``: the same choice as
 ``run_search``). At most one trial is in flight per worker.
 
 Order of tells and what is reproducible:
-- ``reproducible=True`` (default): synchronous batches. The driver asks one proposal per live
-  worker, sends proposal i of the batch to worker i, tells results in ask order (each as soon
-  as every earlier one of its batch is told) and asks the next batch when the whole batch is
-  told. The sampler thus sees the same history at every ask whatever the arrival order, and
-  each actor evaluates the same sequence of plans, so its pair cache (which decides between a
-  cached and a fresh solve: equal to solver tolerance, not bitwise) is the same too. Same
-  seed, same worker count, same inputs, a fresh study and a run that ends on its trial budget
-  (no time limit reached, no worker lost, not cancelled): same trials, same scores, same plan.
-- ``reproducible=False``: asynchronous. A worker gets a new proposal the moment it is free and
-  results are told as they arrive: no idle workers waiting for a slow batch member, no
-  reproducibility with more than one worker.
+- ``reproducible=True`` (default): pipelined batches. The driver asks one proposal per live
+  worker, sends proposal i of the batch to worker i and tells results in ask order. Batch k+2
+  is asked the moment batch k is wholly told, before any result of batch k+1 is told: two
+  batches are always out, so every actor has its next plan queued while it evaluates one and
+  never waits for the driver's tell and ask. The sampler thus sees the same history at every
+  ask whatever the arrival order (it lags one batch), and each actor evaluates the same
+  sequence of plans, so its pair cache (which decides between a cached and a fresh solve:
+  equal to solver tolerance, not bitwise) is the same too. Same seed, same worker count, same
+  inputs, a fresh study and a run that ends on its trial budget (no time limit reached, no
+  worker lost, not cancelled): same trials, same scores, same plan.
+- ``reproducible=False``: asynchronous. A worker is kept at two queued proposals, and results
+  are told as they arrive: no worker waits for a slow batch member, no reproducibility with
+  more than one worker.
+
+Why queue two plans per actor: the driver's ask and tell take a few ms per trial (the sampler,
+the in-memory study, the write-through to storage) and run on the driver's own core; with one
+plan per actor the actor idled for them after every trial.
 
 Faults: a worker that dies mid-trial loses that trial only; it is told FAIL (user attribute
 ``error`` says which worker died) and the pool replaces the actor (``max_restarts`` times per
-slot), which rebuilds its cases from the anatomy in the object store; nothing else is re-sent.
+slot), which rebuilds its cases from the anatomy in the object store; the plan that was queued
+behind the lost one is sent again (to the replacement, or to another worker when the slot is
+retired); a result the actor had finished before it died is kept.
 Every told trial is in the storage as it is told.
 
 Stopping: the trial budget counts trials asked by this call (failed ones included); at the time
@@ -41,6 +49,7 @@ import math
 import os
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +59,8 @@ from typing import Any
 import optuna
 import ray
 from optuna.samplers import BaseSampler
-from ray.exceptions import RayActorError, RayTaskError
+from ray.actor import ActorHandle
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from optimizer.anatomy.readers import load_anatomy
 from optimizer.anatomy.structures import Anatomy
@@ -101,6 +111,10 @@ DEFAULT_MARGIN_MM = 30.0
 WORKER_ATTR = "worker"
 WORKER_PID_ATTR = "worker_pid"
 EVAL_SECONDS_ATTR = "evaluation_s"
+# Plans out per worker (one evaluating, one queued) and, reproducible, batches out at once.
+PIPELINE_DEPTH = 2
+# How long a dead actor's other results are waited for (they are known to Ray by then).
+DEAD_RESULT_WAIT_S = 5.0
 
 
 class SearchCancelledError(SearchError):
@@ -111,7 +125,8 @@ class SearchCancelledError(SearchError):
 class _Task:
     proposal: Proposal
     worker: Worker
-    submitted: float
+    handle: ActorHandle  # the actor it went to: a replaced worker has a new one
+    order: int  # submission order: an actor runs its tasks in this order
 
 
 @dataclass
@@ -332,8 +347,9 @@ class DistributedSearch:
         self.explore_started = self.started
         self.explore_ended: float | None = None
         self.inflight: dict[ray.ObjectRef, _Task] = {}
-        self.batch: list[_Task] = []
+        self.batches: deque[list[_Task]] = deque()
         self.held: dict[int, _Outcome] = {}
+        self.submissions = 0
 
         def stop_start() -> bool:
             return self._cancelled() or self._late()
@@ -381,35 +397,39 @@ class DistributedSearch:
     def _may_ask(self) -> bool:
         return (self.trials is None or self.asked < self.trials) and not self._late()
 
-    def _submit(self, proposal: Proposal, worker: Worker) -> None:
+    def _submit(self, proposal: Proposal, worker: Worker) -> _Task:
         assert self.pool is not None
         ref = self.pool.submit(worker, proposal.plan, "coarse")
-        task = _Task(proposal, worker, time.monotonic())
+        task = _Task(proposal, worker, worker.handle, self.submissions)
+        self.submissions += 1
         self.inflight[ref] = task
-        if self.reproducible:
-            self.batch.append(task)
-        self.asked += 1
+        return task
 
     def _fill(self) -> None:
-        """Hand out proposals: a whole batch when the last one is told (reproducible), else
-        one to each idle worker."""
+        """Keep every live worker busy with ``PIPELINE_DEPTH`` plans: whole batches while
+        fewer than that are out (reproducible), else one more plan per worker below it."""
         assert self.pool is not None
-        if not self._may_ask():
-            return
-        alive = self.pool.alive
-        if self.reproducible:
-            if self.batch or self.inflight:
-                return
-            idle = alive
-        else:
-            busy = {t.worker.index for t in self.inflight.values()}
-            idle = [w for w in alive if w.index not in busy]
-        n = len(idle) if self.trials is None else min(len(idle), self.trials - self.asked)
-        if n <= 0:
-            return
-        for proposal, worker in zip(ask(self.study, self.space, n), idle, strict=False):
-            self._submit(proposal, worker)
-        self._report("explore", "")  # shows the new trials in flight
+        asked = False
+        while self._may_ask():
+            alive = self.pool.alive
+            if self.reproducible:
+                idle = alive if len(self.batches) < PIPELINE_DEPTH else []
+            else:
+                load = Counter(t.worker.index for t in self.inflight.values())
+                idle = [w for w in alive if load[w.index] < PIPELINE_DEPTH]
+            n = len(idle) if self.trials is None else min(len(idle), self.trials - self.asked)
+            if n <= 0:
+                break
+            tasks = [
+                self._submit(proposal, worker)
+                for proposal, worker in zip(ask(self.study, self.space, n), idle, strict=False)
+            ]
+            self.asked += len(tasks)
+            if self.reproducible:
+                self.batches.append(tasks)
+            asked = True
+        if asked:
+            self._report("explore", "")  # shows the new trials in flight
 
     def _explore(self) -> str:
         assert self.pool is not None
@@ -421,44 +441,102 @@ class DistributedSearch:
                 break
             done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=POLL_S)
             for ref in done:
-                self._receive(ref)
+                if ref in self.inflight:  # not already settled with a dead worker's others
+                    self._receive(ref)
         if self.trials is not None and self.asked >= self.trials:
             return "trials"
         return "time"
 
     def _receive(self, ref: ray.ObjectRef) -> None:
-        assert self.pool is not None
         task = self.inflight.pop(ref)
-        worker = task.worker
-        died = False
         try:
             reply: Reply = ray.get(ref)
-        except RayActorError as exc:
-            self.stats.worker_deaths += 1
-            outcome = _Outcome(
-                None,
-                f"not evaluated: worker {worker.index} (pid {worker.pid}) died during the "
-                f"evaluation ({type(exc).__name__})",
-            )
-            died = True
+        except RayActorError:
+            self._worker_died(ref, task)
+            return
         except RayTaskError as exc:
-            self.stats.unexpected_errors += 1
-            cause = exc.cause if exc.cause is not None else exc
-            outcome = _Outcome(None, f"evaluation raised {type(cause).__name__}: {cause}")
-            if self.stats.unexpected_errors == 1:
-                self.notes.append(f"trial {task.proposal.number}: {outcome.error}")
-        else:
-            worker.pid = reply.pid
-            outcome = _Outcome(reply, reply.error)
+            self._record(task, self._unexpected(task, exc))
+            return
+        task.worker.pid = reply.pid
+        self._record(task, _Outcome(reply, reply.error))
+
+    def _unexpected(self, task: _Task, exc: RayTaskError) -> _Outcome:
+        self.stats.unexpected_errors += 1
+        cause = exc.cause if exc.cause is not None else exc
+        outcome = _Outcome(None, f"evaluation raised {type(cause).__name__}: {cause}")
+        if self.stats.unexpected_errors == 1:
+            self.notes.append(f"trial {task.proposal.number}: {outcome.error}")
+        return outcome
+
+    def _worker_died(self, ref: ray.ObjectRef, task: _Task) -> None:
+        """Settle every task the dead actor had: results it finished are kept, the one it was
+        evaluating is told FAIL, the ones queued behind it are sent again."""
+        assert self.pool is not None
+        worker = task.worker
+        mine = sorted(
+            [(ref, task), *((r, t) for r, t in self.inflight.items() if t.handle is task.handle)],
+            key=lambda item: item[1].order,
+        )
+        for r, _ in mine:
+            self.inflight.pop(r, None)
+        self.stats.worker_deaths += 1
+        lost_message = (
+            f"not evaluated: worker {worker.index} (pid {worker.pid}) died during the "
+            "evaluation (RayActorError)"
+        )
+        settled: list[tuple[_Task, _Outcome]] = []  # finished, or the one it was evaluating
+        again: list[_Task] = []  # queued behind that one: never started
+        for r, t in mine:
+            if len(settled) > 0 and settled[-1][1].error == lost_message:
+                again.append(t)
+                continue
+            try:
+                reply: Reply = ray.get(r, timeout=DEAD_RESULT_WAIT_S)
+            except (RayActorError, GetTimeoutError):
+                settled.append((t, _Outcome(None, lost_message)))
+            except RayTaskError as exc:
+                settled.append((t, self._unexpected(t, exc)))
+            else:
+                settled.append((t, _Outcome(reply, reply.error)))
+        try:
+            # Before any tell: a tell may ask new plans, which must go to the replacement.
+            self.pool.died(worker)
+        except PoolError:
+            for t, outcome in settled:
+                self._record(t, outcome)
+            for t in again:
+                self._record(t, _Outcome(None, "not evaluated: every worker died"))
+            raise
+        for t, outcome in settled:
+            self._record(t, outcome)
+        for t in again:
+            target = worker if not worker.retired else self._least_loaded()
+            ref_again = self.pool.submit(target, t.proposal.plan, "coarse")
+            self.inflight[ref_again] = dataclasses.replace(
+                t, worker=target, handle=target.handle, order=self.submissions
+            )
+            self.submissions += 1
+
+    def _least_loaded(self) -> Worker:
+        assert self.pool is not None
+        load = Counter(t.worker.index for t in self.inflight.values())
+        return min(self.pool.alive, key=lambda w: (load[w.index], w.index))
+
+    def _record(self, task: _Task, outcome: _Outcome) -> None:
+        """Tell now (asynchronous), or in ask order with the batch pipeline (reproducible)."""
         if not self.reproducible:
             self._tell(task, outcome)
-        else:
-            self.held[task.proposal.number] = outcome
-            while self.batch and self.batch[0].proposal.number in self.held:
-                first = self.batch.pop(0)
+            return
+        self.held[task.proposal.number] = outcome
+        while self.batches:
+            head = self.batches[0]
+            while head and head[0].proposal.number in self.held:
+                first = head.pop(0)
                 self._tell(first, self.held.pop(first.proposal.number))
-        if died:
-            self.pool.died(worker)  # after the tell: raises when no worker is left
+            if head:
+                return
+            self.batches.popleft()
+            self._fill()  # batch k+2 is asked before any result of batch k+1 is told
 
     def _tell(self, task: _Task, outcome: _Outcome) -> None:
         trial = task.proposal.trial
@@ -670,17 +748,17 @@ class DistributedSearch:
         order as they are, the rest FAIL with ``message``."""
         if self.pool is not None:
             self.pool.shutdown()
-        waiting = {t.proposal.number: t for t in self.inflight.values()}
+        batched = [t for batch in self.batches for t in batch]
+        numbers = {t.proposal.number for t in batched}
         ordered = [
-            *self.batch,
-            *(
-                t
-                for n, t in sorted(waiting.items())
-                if all(b.proposal.number != n for b in self.batch)
+            *batched,
+            *sorted(
+                (t for t in self.inflight.values() if t.proposal.number not in numbers),
+                key=lambda t: t.proposal.number,
             ),
         ]
         self.inflight.clear()
-        self.batch.clear()
+        self.batches.clear()
         for task in ordered:
             outcome = self.held.pop(task.proposal.number, None)
             # RuntimeError/ValueError: already finished in storage (interrupted mid-tell).

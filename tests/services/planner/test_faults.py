@@ -43,7 +43,13 @@ def test_a_worker_killed_mid_trial_loses_only_its_trial(ray_cluster, lesion, ect
     assert any("worker death" in n for n in result.notes)
     stored = optuna.load_study(study_name="killed", storage=url)
     failed = {t.number for t in stored.trials if t.state == TrialState.FAIL}
-    assert failed == killed["trials"]
+    # One trial is lost: the one worker 1 was evaluating when it died (the kill may land just
+    # after it finished the trials the progress showed: then the next one sent to it). The
+    # plan queued behind the lost one is sent again, a finished result is kept.
+    assert len(failed) == 1
+    (lost,) = failed
+    assert stored.trials[lost].user_attrs[WORKER_ATTR] == 1
+    assert lost >= min(killed["trials"])
     for t in stored.trials:
         if t.number in failed:
             assert "worker 1" in t.user_attrs[ERROR_ATTR] and "died" in t.user_attrs[ERROR_ATTR]

@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from optimizer.search.local import SearchError
 from services.planner.driver import (
+    PIPELINE_DEPTH,
     WORKER_ATTR,
     WORKER_PID_ATTR,
     DistributedSearch,
@@ -28,12 +29,12 @@ def test_two_workers_find_a_plan_passing_every_required_criterion(ray_cluster, l
     assert result.stopped_by == "trials" and result.trials_run == 20
     assert result.refined and result.refined[0].evaluation is result.evaluation
     assert all(r.seconds > 0.01 for r in result.refined)  # the workers' fine solves
-    # Both workers evaluated trials, one at a time each.
+    # Both workers evaluated trials, each with its next plan queued (two batches out).
     trials = search.study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 20
     assert {t.user_attrs[WORKER_ATTR] for t in trials} == {0, 1}
     assert len({t.user_attrs[WORKER_PID_ATTR] for t in trials}) == 2
-    assert max(len(p.in_flight) for p in seen) == 2
+    assert max(len(p.in_flight) for p in seen) == 2 * PIPELINE_DEPTH
     assert all(p.workers_alive == 2 for p in seen if p.phase == "explore")
     assert seen[-1].phase == "done" and seen[-1].trials_done == 20
     # The fields come from the worker's cache and give the same evaluation.
@@ -111,4 +112,4 @@ def test_asynchronous_order_keeps_every_worker_busy_and_tells_every_trial(
         result = search.run(on_progress=lambda p: busy.append(len(p.in_flight)))
     assert result.trials_run == 8 and len(search.study.trials) == 8
     assert all(t.state == TrialState.COMPLETE for t in search.study.trials)
-    assert max(busy) == 2
+    assert max(busy) == 2 * PIPELINE_DEPTH  # one evaluating and one queued per worker

@@ -1,0 +1,170 @@
+"""Search throughput with 1 and 2 workers, in the same run: trials per second and the ratio.
+
+    python bench/workers.py [--case prostatex-0000] [--protocol ect] [--trials 300]
+                            [--workers 1 2] [--repeats 2] [--modes reproducible async]
+                            [--target auto] [--out workers.json]
+
+Each configuration is a full ``DistributedSearch`` on a local Ray, as ``ectplan plan`` runs it:
+the embedded journal storage in a fresh folder, the default sampler with its seeds, one Numba
+thread per worker (a worker is one CPU, Ray's unit; ``--threads`` changes it), exploration on
+the 2 mm grid. Throughput is told trials per second of the exploration phase (worker start-up
+and the fine re-evaluation excluded). Configurations are interleaved, repeat by repeat, so a
+load change on a shared machine hits all of them alike; the median over repeats is reported,
+with the mean evaluation time inside the workers and the driver's CPU time per trial (ask,
+tell, storage, Ray), which together say where the time goes.
+Also run: 1 worker with every core as Numba threads (the default of ``ectplan plan --workers
+1``), for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import optuna
+
+from optimizer.evaluate.protocol import load_protocol
+from services.planner.driver import EVAL_SECONDS_ATTR, DistributedSearch
+from services.planner.storage import default_storage_url
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def anatomy_root() -> Path:
+    env = os.environ.get("ECTPLAN_ANATOMY_DIR")
+    return Path(env) if env else (REPO.parent / "shared" / "data" / "anatomy").resolve()
+
+
+@dataclass
+class Measure:
+    workers: int
+    threads: int
+    mode: str
+    repeat: int
+    trials: int
+    explore_s: float
+    trials_per_s: float
+    mean_eval_ms: float
+    driver_cpu_ms_per_trial: float
+
+
+def measure(
+    anatomy: Path, protocol_name: str, *, workers: int, threads: int, mode: str, trials: int,
+    repeat: int, target: str,
+) -> Measure:  # fmt: skip
+    protocol = load_protocol(protocol_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        search = DistributedSearch(
+            anatomy, protocol, trials=trials, workers=workers, seed=repeat,
+            storage_url=default_storage_url(tmp), threads_per_worker=threads,
+            reproducible=mode == "reproducible", refine_top_k=1, fine_mm=2.0,
+            target_scope=target,
+        )  # fmt: skip
+        with search:
+            search.prepare()
+            marks: dict[str, float] = {}
+
+            def on_progress(p: object) -> None:
+                # The driver's CPU clock at the first and last told trial of the exploration.
+                phase = getattr(p, "phase", "")
+                if phase == "explore" and "first" not in marks and getattr(p, "trials_done", 0):
+                    marks["first"] = time.process_time()
+                    marks["first_n"] = getattr(p, "trials_done", 0)
+                if phase == "explore":
+                    marks["last"] = time.process_time()
+                    marks["last_n"] = getattr(p, "trials_done", 0)
+
+            search.run(on_progress=on_progress)
+            evals = [
+                float(t.user_attrs[EVAL_SECONDS_ATTR])
+                for t in search.study.trials
+                if EVAL_SECONDS_ATTR in t.user_attrs
+            ]
+        told = max(1.0, marks.get("last_n", 0) - marks.get("first_n", 0))
+        stats = search.stats
+        return Measure(
+            workers=workers, threads=threads, mode=mode, repeat=repeat,
+            trials=stats.trials_told, explore_s=stats.explore_s,
+            trials_per_s=stats.trials_per_s,
+            mean_eval_ms=1000 * statistics.fmean(evals) if evals else float("nan"),
+            driver_cpu_ms_per_trial=1000 * (marks.get("last", 0) - marks.get("first", 0)) / told,
+        )  # fmt: skip
+
+
+def table(measures: list[Measure]) -> str:
+    keys = sorted({(m.mode, m.workers, m.threads) for m in measures})
+    lines = [
+        f"{'mode':<13} {'workers':>7} {'threads':>7} {'trials/s':>9} {'eval ms':>8} "
+        f"{'driver ms/trial':>15} {'runs':>5}",
+        "-" * 70,
+    ]
+    rate: dict[tuple[str, int, int], float] = {}
+    for key in keys:
+        runs = [m for m in measures if (m.mode, m.workers, m.threads) == key]
+        rate[key] = statistics.median(m.trials_per_s for m in runs)
+        lines.append(
+            f"{key[0]:<13} {key[1]:>7} {key[2]:>7} {rate[key]:>9.2f} "
+            f"{statistics.median(m.mean_eval_ms for m in runs):>8.1f} "
+            f"{statistics.median(m.driver_cpu_ms_per_trial for m in runs):>15.1f} {len(runs):>5}"
+        )
+    lines.append("")
+    for mode in sorted({k[0] for k in keys}):
+        one = [r for k, r in rate.items() if k[0] == mode and k[1] == 1 and k[2] == 1]
+        for key, r in sorted(rate.items()):
+            if key[0] == mode and key[1] > 1 and one:
+                lines.append(
+                    f"{mode}: {key[1]} workers / 1 worker (1 thread each) = {r / one[0]:.2f}x"
+                )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", default="prostatex-0000")
+    parser.add_argument("--protocol", default="ect")
+    parser.add_argument("--trials", type=int, default=300)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=int, default=1, help="Numba threads per worker")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--modes", nargs="+", default=["reproducible", "async"],
+                        choices=["reproducible", "async"])  # fmt: skip
+    parser.add_argument("--target", default="auto", choices=["auto", "lesion", "gland"])
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip 1 worker with every core as Numba threads")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None, help="write every run as JSON")
+    args = parser.parse_args()
+    anatomy = anatomy_root() / args.case
+    if not anatomy.is_dir():
+        sys.exit(f"real anatomy not found at {anatomy} (set ECTPLAN_ANATOMY_DIR)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    configs = [(w, args.threads, mode) for mode in args.modes for w in args.workers]
+    if not args.no_reference:
+        configs.append((1, os.cpu_count() or 1, args.modes[0]))
+    measures: list[Measure] = []
+    for repeat in range(args.repeats):
+        for workers, threads, mode in configs:
+            m = measure(anatomy, args.protocol, workers=workers, threads=threads, mode=mode,
+                        trials=args.trials, repeat=repeat, target=args.target)  # fmt: skip
+            measures.append(m)
+            print(
+                f"repeat {repeat} {mode} {workers} worker(s) x {threads} thread(s): "
+                f"{m.trials_per_s:.2f} trials/s, eval {m.mean_eval_ms:.1f} ms, driver "
+                f"{m.driver_cpu_ms_per_trial:.1f} ms/trial",
+                flush=True,
+            )
+            if args.out is not None:
+                args.out.write_text(json.dumps([asdict(x) for x in measures], indent=1))
+    print()
+    print(f"{args.case}, {args.protocol}, {args.trials} trials, {os.cpu_count()} CPUs")
+    print(table(measures))
+
+
+if __name__ == "__main__":
+    main()
