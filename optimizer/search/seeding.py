@@ -11,6 +11,12 @@ voltage-to-distance ratio times the pair's spacing. For a two-train protocol (IR
 near the lesion form the core (IRE train), and lesion-centred squares with every pair in the
 core are added.
 
+Sparing variants (data/space.toml ``seeding.sparing_*``): for the best-matching patterns, each
+needle whose target chord ends near an organ at risk with a required E limit (the sphincter
+below the apex, the rectal wall, the bladder neck) gets its exposure flush with the target on
+that side, then pulled one inset inside it, the overhang going to the other side. A centred
+exposure overhangs both ends, which is what puts an organ 5-10 mm from the target above E_irr.
+
 Seeds are parameter dicts of the search space (``space.decode`` turns them into plans); plans
 from elsewhere (a plan library) enter through ``space.encode``.
 """
@@ -24,9 +30,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 from optimizer.anatomy.kinds import Role
 from optimizer.evaluate.plan import Plan
+from optimizer.evaluate.protocol import CriterionKind
+from optimizer.search.settings import SpaceSettings
 from optimizer.search.space import HoleOption, SearchSpace, SearchSpaceError
 
 FloatArray = npt.NDArray[np.float64]
@@ -96,20 +105,79 @@ def _grid_position(space: SearchSpace, u: float, v: float) -> tuple[float, float
     return u / t.spacing_mm + (t.columns - 1) / 2, v / t.spacing_mm + (t.rows - 1) / 2
 
 
-def _needle_params(space: SearchSpace, k: int, hole: HoleOption) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Sparing:
+    """Distances (mm) to the organs at risk a required E limit protects, for sparing seeds."""
+
+    distance_mm: npt.NDArray[np.float64]
+    reach_mm: float
+
+    def side(self, space: SearchSpace, hole: HoleOption) -> str | None:
+        """Which end of the hole's target chord ("near" or "far") is within reach of a
+        protected organ, the closer one; None when neither is."""
+        t, grid = space.template, space.case.planning.grid
+        ends = [hole.position_mm + depth * t.direction
+                for depth in (hole.target_near_mm, hole.target_far_mm)]  # fmt: skip
+        index = np.rint(grid.world_to_index(np.stack(ends))).astype(int)
+        index = np.clip(index, 0, np.array(grid.shape) - 1)
+        near, far = (float(self.distance_mm[tuple(i)]) for i in index)
+        if min(near, far) > self.reach_mm:
+            return None
+        return "near" if near <= far else "far"
+
+
+def protected_sparing(space: SearchSpace) -> Sparing | None:
+    """The organs at risk of the protocol's required E limits (volume above a threshold), as a
+    distance map; None when the case has none."""
+    selectors = [
+        c.structures
+        for c in space.protocol.criteria
+        if c.severity == "required" and c.kind == CriterionKind.VOLUME_ABOVE_MAX
+        and not c.structures.everywhere
+    ]  # fmt: skip
+    planning = space.case.planning
+    mask = np.zeros(planning.grid.shape, dtype=bool)
+    for structure in planning.structures:
+        if structure.role != Role.TARGET and any(sel.matches(structure) for sel in selectors):
+            mask |= structure.mask
+    if not mask.any():
+        return None
+    distance = ndimage.distance_transform_edt(~mask, sampling=planning.grid.spacing_mm)
+    return Sparing(np.asarray(distance, dtype=np.float64), space.settings.sparing_reach_mm)
+
+
+def _needle_params(
+    space: SearchSpace,
+    k: int,
+    hole: HoleOption,
+    side: str | None = None,
+    inset_mm: float = 0.0,
+) -> dict[str, Any]:
+    """One needle's parameters: the exposure centred on the hole's target chord, or, with a
+    ``side``, flush with (``inset_mm`` inside) that end of the chord."""
     s = space.settings
     chord = hole.target_far_mm - hole.target_near_mm
-    spanning = [e for e in hole.exposures_mm if e >= chord]
-    exposure = min(spanning) if spanning else max(hole.exposures_mm)
-    # Centre the exposed part on the target chord: tip (e - chord) / 2 beyond its far end.
-    offset = (exposure - chord) / 2
-    steps = round(
-        (min(max(offset, s.tip_offset_min_mm), s.tip_offset_max_mm) - s.tip_offset_min_mm)
-        / s.tip_step_mm
-    )
+    offered = hole.exposures_mm
+    wanted = chord - inset_mm if side is not None else chord
+    spanning = [e for e in offered if e >= wanted]
+    exposure = min(spanning) if spanning else max(offered)
+    if side is None:
+        # Centre the exposed part on the target chord: tip (e - chord) / 2 beyond its far end.
+        offset = (exposure - chord) / 2
+        steps = round((_clip_offset(s, offset) - s.tip_offset_min_mm) / s.tip_step_mm)
+    elif side == "near":
+        # The exposed part starts inset_mm above the chord's near end: the tip goes beyond its
+        # far end by the rest; shorter exposures when that is deeper than the tip may go.
+        fitting = [e for e in offered if e - chord + inset_mm <= s.tip_offset_max_mm]
+        exposure = min(exposure, max(fitting)) if fitting else min(offered)
+        offset = exposure - chord + inset_mm
+        steps = math.ceil((_clip_offset(s, offset) - s.tip_offset_min_mm) / s.tip_step_mm - 1e-9)
+    else:
+        offset = -inset_mm  # the tip inset_mm short of the far end; overhang toward the near
+        steps = math.floor((_clip_offset(s, offset) - s.tip_offset_min_mm) / s.tip_step_mm + 1e-9)
     params: dict[str, Any] = {
         f"exposure_{k}": exposure,
-        f"tip_offset_{k}": s.tip_offset_min_mm + steps * s.tip_step_mm,
+        f"tip_offset_{k}": _clip_offset(s, s.tip_offset_min_mm + steps * s.tip_step_mm),
     }
     if space.hole_encoding == "grid":
         params[f"hole_col_{k}"] = hole.column
@@ -119,26 +187,44 @@ def _needle_params(space: SearchSpace, k: int, hole: HoleOption) -> dict[str, An
     return params
 
 
+def _clip_offset(s: SpaceSettings, offset: float) -> float:
+    return float(min(max(offset, s.tip_offset_min_mm), s.tip_offset_max_mm))
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A pattern placed on the template: where, how wide, and which needles form the core."""
+
+    centre: tuple[float, float]
+    offsets: Sequence[tuple[float, float]]
+    spacing_mm: float
+    all_core: bool
+
+
 def _pattern_params(
     space: SearchSpace,
-    centre: tuple[float, float],
-    offsets: Sequence[tuple[float, float]],
-    spacing_mm: float,
+    layout: _Layout,
     core_near: Footprint | None,
-    all_core: bool,
+    sparing: Sparing | None = None,
+    inset_mm: float = 0.0,
 ) -> dict[str, Any]:
-    points = [(centre[0] + spacing_mm * du, centre[1] + spacing_mm * dv) for du, dv in offsets]
+    spacing_mm = layout.spacing_mm
+    points = [
+        (layout.centre[0] + spacing_mm * du, layout.centre[1] + spacing_mm * dv)
+        for du, dv in layout.offsets
+    ]
     holes = space.resolve_holes(_grid_position(space, u, v) for u, v in points)
     params: dict[str, Any] = {"pairs": "all"}
     if "n_needles" in space.distributions():
         params["n_needles"] = len(holes)
     for k, hole in enumerate(holes):
-        params |= _needle_params(space, k, hole)
+        side = sparing.side(space, hole) if sparing is not None else None
+        params |= _needle_params(space, k, hole, side, inset_mm)
         if space.multi_train:
             near = core_near is None or math.dist(points[k], core_near.centre_mm) <= (
                 core_near.radius_mm + 0.75 * spacing_mm
             )
-            params[f"core_{k}"] = all_core or near
+            params[f"core_{k}"] = layout.all_core or near
     for t in space.trains:
         if space.voltage_mode == "ratio":
             params[f"ratio_{t.key}"] = t.ratio.default_V_per_cm
@@ -172,18 +258,21 @@ def geometric_seed_params(
         for s in spacings:
             options.append((abs(ring * s - target.radius_mm), name, s, offsets))
     options.sort(key=lambda o: (o[0], o[1], o[2]))
-    seeds = [
-        _pattern_params(space, target.centre_mm, offsets, s, lesion, all_core=False)
-        for _, _, s, offsets in options
-    ]
+    layouts = [_Layout(target.centre_mm, offsets, s, False) for _, _, s, offsets in options]
+    spare_first = min(len(layouts), space.settings.sparing_patterns)
     if lesion is not None:
         for name in ("square", "diamond"):
             offsets, _ = PATTERNS[name]
             if space.n_min <= len(offsets) <= space.n_slots:
                 s = min(spacings, key=lambda x: abs(x * math.sqrt(0.5) - lesion.radius_mm))
-                seeds.append(
-                    _pattern_params(space, lesion.centre_mm, offsets, s, lesion, all_core=True)
-                )
+                layouts.append(_Layout(lesion.centre_mm, offsets, s, True))
+    sparing = protected_sparing(space) if space.settings.sparing_patterns else None
+    seeds: list[dict[str, Any]] = []
+    for i, layout in enumerate(layouts):
+        seeds.append(_pattern_params(space, layout, lesion))
+        if sparing is not None and (i < spare_first or layout.all_core):
+            for inset in (0.0, space.settings.sparing_inset_mm):
+                seeds.append(_pattern_params(space, layout, lesion, sparing, inset))
     unique: list[dict[str, Any]] = []
     seen: set[str] = set()
     for p in seeds:

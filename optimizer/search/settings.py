@@ -91,6 +91,9 @@ class SpaceSettings:
     irreversible_from_pulses: int
     adjacent_factor: float
     seed_spacings_mm: tuple[float, ...]
+    sparing_reach_mm: float
+    sparing_inset_mm: float
+    sparing_patterns: int
 
     @property
     def exposures_mm(self) -> tuple[float, ...]:
@@ -140,6 +143,9 @@ def load_space_settings(path: str | Path | None = None) -> SpaceSettings:
         irreversible_from_pulses=int(num("pulses", "irreversible_from")),
         adjacent_factor=num("pairs", "adjacent_factor"),
         seed_spacings_mm=tuple(float(s) for s in data.get("seeding", {}).get("spacings_mm", [])),
+        sparing_reach_mm=num("seeding", "sparing_reach_mm"),
+        sparing_inset_mm=num("seeding", "sparing_inset_mm"),
+        sparing_patterns=int(num("seeding", "sparing_patterns")),
     )
     _range(
         settings.exposure_min_mm,
@@ -163,6 +169,10 @@ def load_space_settings(path: str | Path | None = None) -> SpaceSettings:
         raise SearchSettingsError(f"{where}: pairs.adjacent_factor must be >= 1")
     if not settings.seed_spacings_mm or min(settings.seed_spacings_mm) <= 0:
         raise SearchSettingsError(f"{where}: seeding.spacings_mm must list positive spacings")
+    if settings.sparing_reach_mm < 0 or settings.sparing_inset_mm < 0:
+        raise SearchSettingsError(f"{where}: seeding.sparing_reach_mm and _inset_mm must be >= 0")
+    if settings.sparing_patterns < 0:
+        raise SearchSettingsError(f"{where}: seeding.sparing_patterns must be >= 0")
     return settings
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from optimizer.evaluate.protocol import load_protocol
 from optimizer.search.seeding import (
     geometric_seed_params,
     geometric_seeds,
+    protected_sparing,
     seed_params_from_plans,
     target_footprint,
 )
@@ -50,11 +52,50 @@ def test_seed_needles_surround_the_target_at_the_first_pattern_radius(phantom_ca
 
 def test_seed_exposures_span_the_target_along_each_hole(phantom_case, ect):
     space = SearchSpace(phantom_case, ect)
+    inset = space.settings.sparing_inset_mm  # a sparing seed leaves that much to the others
     for plan in geometric_seeds(space):
         for needle in plan.needles:
             hole = space.hole(needle.hole)
             chord = hole.target_far_mm - hole.target_near_mm
-            assert needle.exposure_mm >= chord or needle.exposure_mm == max(hole.exposures_mm)
+            assert needle.exposure_mm >= chord - inset or needle.exposure_mm == max(
+                hole.exposures_mm
+            )
+
+
+def _exposed_depths(space: SearchSpace, needle) -> tuple[float, float]:
+    hole = space.hole(needle.hole)
+    tip = float((np.asarray(needle.tip_mm) - hole.position_mm) @ space.template.direction)
+    return tip - needle.exposure_mm, tip
+
+
+@pytest.mark.parametrize("protocol", ["ect", "irect"])
+def test_sparing_seeds_keep_the_exposure_off_the_organ_side(phantom_case, protocol):
+    space = SearchSpace(phantom_case, load_protocol(protocol))
+    sparing = protected_sparing(space)
+    assert sparing is not None  # the phantom's rectal wall and sphincter lie near its gland
+    step = space.settings.tip_step_mm
+    flush = 0
+    for plan in geometric_seeds(space):
+        for needle in plan.needles:
+            hole = space.hole(needle.hole)
+            side = sparing.side(space, hole)
+            start, tip = _exposed_depths(space, needle)
+            if side == "near" and start >= hole.target_near_mm - 1e-6:
+                flush += 1
+            if side == "far" and tip <= hole.target_far_mm + 1e-6:
+                flush += 1
+            # Never more than a depth step beyond the chord on the protected side, or centred.
+            centred_overhang = (needle.exposure_mm - (hole.target_far_mm - hole.target_near_mm)) / 2
+            if side == "near":
+                assert start >= hole.target_near_mm - max(step, centred_overhang) - 1e-6
+    assert flush > 0, "no seed kept an exposure off an organ at risk"
+
+
+def test_no_sparing_seeds_when_switched_off(phantom_case, ect):
+    space = SearchSpace(phantom_case, ect)
+    with_sparing = len(geometric_seed_params(space))
+    space.settings = dataclasses.replace(space.settings, sparing_patterns=0)
+    assert len(geometric_seed_params(space)) < with_sparing
 
 
 def test_two_train_seeds_include_a_lesion_core(phantom_case, irect):
