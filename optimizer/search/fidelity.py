@@ -4,7 +4,10 @@ Exploration evaluates every proposal on the coarse grid (2 mm, constant conducti
 solutions cached and scaled to any voltage). The best ``top_k`` distinct plans are then
 re-evaluated on the fine grid (1 mm) with field-dependent conductivity, and the plan a search
 returns is always one of those fine evaluations, ranked by the fine result: coarse figures only
-decide which plans are worth the fine solve.
+decide which plans are worth the fine solve. With ``top_k`` >= 2 the last of them is the
+passing plan with the most room on its tightest required criterion (``Candidate.slack``), when
+it is not among the best already: the best-scoring coarse plans often pass an organ-at-risk
+limit by a voxel, which the fine grid and sigma(E) can tip over.
 
 The two levels are plain callables ``Plan -> PlanEvaluation`` (e.g. ``PlanEvaluator.evaluate``
 of two evaluators), so a Ray actor, a cache or a test can stand behind either.
@@ -40,6 +43,8 @@ class Candidate:
     plan: Plan
     coarse_score: float
     coarse_passed: bool
+    # The tightest required criterion's room on the coarse level (objective.slack).
+    slack: float = float("-inf")
 
     @property
     def key(self) -> tuple[int, float]:
@@ -63,6 +68,18 @@ class Refined:
         return ranking_key(self.evaluation.passed, self.score.total)
 
 
+def _distinct(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The first candidate of each distinct plan, in the given order."""
+    out: list[Candidate] = []
+    seen: set[str] = set()
+    for c in candidates:
+        identity = plan_identity(c.plan)
+        if identity not in seen:
+            seen.add(identity)
+            out.append(c)
+    return out
+
+
 @dataclass
 class TwoFidelity:
     """Coarse exploration and fine confirmation of the best ``top_k`` candidates."""
@@ -80,17 +97,15 @@ class TwoFidelity:
         return self.coarse(plan)
 
     def pick(self, candidates: Sequence[Candidate]) -> list[Candidate]:
-        """The best ``top_k`` distinct plans by their coarse result."""
-        chosen: list[Candidate] = []
-        seen: set[str] = set()
-        for c in sorted(candidates, key=lambda c: (c.key, c.trial_number)):
-            identity = plan_identity(c.plan)
-            if identity in seen:
-                continue
-            seen.add(identity)
-            chosen.append(c)
-            if len(chosen) == self.top_k:
-                break
+        """The best ``top_k`` distinct plans by their coarse result; with ``top_k`` >= 2 the
+        last slot goes to the passing plan with the most slack if it is not among them."""
+        ranked = _distinct(sorted(candidates, key=lambda c: (c.key, c.trial_number)))
+        chosen = ranked[: self.top_k]
+        passing = [c for c in ranked if c.coarse_passed]
+        if self.top_k >= 2 and passing:
+            safest = max(passing, key=lambda c: (c.slack, -c.trial_number))
+            if safest not in chosen:
+                chosen = [*ranked[: self.top_k - 1], safest]
         return chosen
 
     def refine(

@@ -30,7 +30,7 @@ from optimizer.evaluate.evaluation import PlanEvaluation
 from optimizer.evaluate.evaluator import PlanEvaluator
 from optimizer.evaluate.plan import Plan, PlanError
 from optimizer.evaluate.protocol import Protocol
-from optimizer.search.fidelity import DEFAULT_TOP_K, Candidate, Evaluate, Refined, TwoFidelity
+from optimizer.search.fidelity import DEFAULT_TOP_K, Evaluate, Refined, TwoFidelity
 from optimizer.search.objective import ScoreBreakdown, ranking_key
 from optimizer.search.samplers import DEFAULT_MULTI_OBJECTIVE_SAMPLER, DEFAULT_SAMPLER, make_sampler
 from optimizer.search.seeding import geometric_seed_params, seed_params_from_plans
@@ -46,6 +46,7 @@ from optimizer.search.study import (
     tell,
     tell_error,
 )
+from optimizer.search.study import candidates as trial_candidates
 
 
 class SearchError(ValueError):
@@ -318,18 +319,10 @@ def run_search(
             + (f"; last error: {history[-1].error}" if history and history[-1].error else "")
         )
     pool = pareto_front(done) if multi_objective else done
-    candidates = [
-        Candidate(
-            t.number,
-            dict(t.params),
-            space.decode(t.params, name=f"trial {t.number}"),
-            float(t.user_attrs["score"]),
-            bool(t.user_attrs.get("passed", False)),
-        )
-        for t in pool
-    ]
     report("refine")
-    refined = levels.refine(candidates, deadline=deadline, should_stop=should_stop)
+    refined = levels.refine(
+        trial_candidates(space, pool), deadline=deadline, should_stop=should_stop
+    )
     chosen_refined = refined[0] if refined else None
     if chosen_refined is None or chosen_refined.evaluation is None:
         errors = "; ".join(r.error or "" for r in refined)

@@ -178,6 +178,7 @@ class Outcome:
     met: int
     applicable: int
     failed_required: list[str]
+    slack: float = math.inf
 
     def user_attrs(self) -> dict[str, Any]:
         """Trial user attributes (JSON-safe): what a study keeps about each trial."""
@@ -189,6 +190,7 @@ class Outcome:
             "criteria_met": self.met,
             "criteria_applicable": self.applicable,
             "failed_required": self.failed_required,
+            "slack": self.slack if math.isfinite(self.slack) else None,
         }
 
 
@@ -212,6 +214,21 @@ def outcome(
         failed_required=[
             r.id for r in evaluation.results if r.status == "fail" and r.severity == "required"
         ],
+        slack=slack(evaluation, w),
+    )
+
+
+def slack(evaluation: PlanEvaluation, weights: ScoreWeights | None = None) -> float:
+    """The smallest room any applicable required criterion has, in units of its scale
+    (negative when one fails; inf when none applies): how safely a plan passes."""
+    w = weights if weights is not None else load_score_weights()
+    return min(
+        (
+            -_signed(r, w)
+            for r in evaluation.results
+            if r.severity == "required" and r.status != "not_applicable"
+        ),
+        default=math.inf,
     )
 
 

@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.evaluate.evaluation import PlanEvaluation
 from optimizer.evaluate.plan import Plan
+from optimizer.search.fidelity import Candidate
 from optimizer.search.objective import OBJECTIVE_NAMES, constraint_names, outcome
 from optimizer.search.settings import ScoreWeights
 from optimizer.search.space import SearchSpace
@@ -212,6 +213,24 @@ def completed(study: optuna.Study) -> list[FrozenTrial]:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if "score" in t.user_attrs
     ]
+
+
+def candidates(space: SearchSpace, trials: Sequence[FrozenTrial]) -> list[Candidate]:
+    """Told trials as fine-level candidates: plan, coarse score, pass and slack."""
+    out = []
+    for t in trials:
+        room = t.user_attrs.get("slack")
+        out.append(
+            Candidate(
+                t.number,
+                dict(t.params),
+                space.decode(t.params, name=f"trial {t.number}"),
+                float(t.user_attrs["score"]),
+                bool(t.user_attrs.get("passed", False)),
+                float(room) if room is not None else -math.inf,
+            )
+        )
+    return out
 
 
 def pareto_front(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:

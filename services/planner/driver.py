@@ -94,6 +94,7 @@ from optimizer.search.study import (
     tell,
     tell_error,
 )
+from optimizer.search.study import candidates as trial_candidates
 from optimizer.tissue.table import TissueTable
 from services.planner.actors import CaseSpec, Reply
 from services.planner.cluster import ClusterInfo, connect
@@ -602,18 +603,6 @@ class DistributedSearch:
 
     # ---- fine confirmation ---------------------------------------------------------------
 
-    def _candidates(self, trials: Sequence[optuna.trial.FrozenTrial]) -> list[Candidate]:
-        return [
-            Candidate(
-                t.number,
-                dict(t.params),
-                self.space.decode(t.params, name=f"trial {t.number}"),
-                float(t.user_attrs["score"]),
-                bool(t.user_attrs.get("passed", False)),
-            )
-            for t in trials
-        ]
-
     def _refine(self, stopped_by: str) -> SearchResult:
         assert self.pool is not None
         done = completed(self.study)
@@ -624,7 +613,7 @@ class DistributedSearch:
                 f"{self.space.case.case_id!r}" + (f"; last error: {last}" if last else "")
             )
         pool_trials = pareto_front(done) if self.multi_objective else done
-        candidates = self._candidates(pool_trials)
+        candidates = trial_candidates(self.space, pool_trials)
         self._report("refine", "re-evaluating the best plans on the fine grid")
         results = self._fine_evaluations(TwoFidelity(_unused, _unused, self.refine_top_k)
                                          .pick(candidates))  # fmt: skip

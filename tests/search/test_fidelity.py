@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from optimizer.evaluate.plan import PlanError
 from optimizer.search.fidelity import Candidate, TwoFidelity, plan_identity
-from optimizer.search.objective import score
+from optimizer.search.objective import score, slack
 from optimizer.search.seeding import geometric_seeds
 from optimizer.search.space import SearchSpace
 
@@ -17,7 +19,7 @@ def candidates(phantom_case, ect, ect_coarse):
     out = []
     for i, plan in enumerate(geometric_seeds(space)[:4]):
         e = ect_coarse.evaluate(plan)
-        out.append(Candidate(i, space.encode(plan), plan, score(e).total, e.passed))
+        out.append(Candidate(i, space.encode(plan), plan, score(e).total, e.passed, slack(e)))
     # The same plan again under another trial number: picked once.
     out.append(Candidate(99, out[0].params, out[0].plan, out[0].coarse_score, out[0].coarse_passed))
     return out
@@ -28,7 +30,30 @@ def test_pick_takes_the_best_distinct_plans(candidates, ect_coarse, ect_fine):
     picked = levels.pick(candidates)
     assert len(picked) == 3
     assert len({plan_identity(c.plan) for c in picked}) == 3
-    assert [c.key for c in picked] == sorted(c.key for c in candidates if c.trial_number != 99)[:3]
+    best = sorted(c.key for c in candidates if c.trial_number != 99)
+    assert [c.key for c in picked[:2]] == best[:2]
+    # The last slot: the third best, or the passing plan with the most room if not in the top.
+    safest = max((c for c in candidates if c.coarse_passed), key=lambda c: c.slack, default=None)
+    assert picked[2].key == best[2] or picked[2] is safest
+
+
+def test_the_last_slot_goes_to_the_passing_plan_with_the_most_slack(candidates, ect_coarse):
+    # Passing plans that pass by a hair, and one ranked last by score with the most room.
+    distinct = [
+        dataclasses.replace(c, coarse_passed=True, slack=0.01)
+        for c in candidates if c.trial_number != 99
+    ]  # fmt: skip
+    ranked = sorted(distinct, key=lambda c: c.key)
+    safe = dataclasses.replace(ranked[-1], coarse_score=1e9, slack=0.5)
+    pool = [*ranked[:-1], safe]
+    picked = TwoFidelity(ect_coarse.evaluate, ect_coarse.evaluate, top_k=2).pick(pool)
+    assert picked == [ranked[0], safe]
+    # With one slot only the best is refined.
+    assert TwoFidelity(ect_coarse.evaluate, ect_coarse.evaluate, top_k=1).pick(pool) == [ranked[0]]
+    # No passing plan: plain ranking.
+    failing = [dataclasses.replace(c, coarse_passed=False) for c in pool]
+    picked = TwoFidelity(ect_coarse.evaluate, ect_coarse.evaluate, top_k=2).pick(failing)
+    assert picked == sorted(failing, key=lambda c: (c.key, c.trial_number))[:2]
 
 
 def test_refine_returns_fine_evaluations_best_first(candidates, ect_coarse, ect_fine):

@@ -17,6 +17,7 @@ from optimizer.search.objective import (
     objectives,
     outcome,
     score,
+    slack,
 )
 from optimizer.search.settings import load_score_weights
 
@@ -119,3 +120,17 @@ def test_criterion_classes_cover_every_kind(evaluations):
     assert classes["rectum_irreversible"] == "organ_at_risk"
     assert classes["temperature_away_from_needles"] == "heat"
     assert classes["device.voltage_max_pair0"] == "limits"
+
+
+def test_slack_is_the_tightest_required_room_and_says_pass_or_fail(evaluations):
+    w = load_score_weights()
+    for e in evaluations:
+        room = slack(e, w)
+        required = [
+            r for r in e.results if r.severity == "required" and r.status != "not_applicable"
+        ]
+        margins = [r.margin / w.scale(r.unit) for r in required if r.margin is not None]
+        assert room == pytest.approx(min(margins))
+        # Failing a required criterion is negative room, passing all of them is not.
+        assert (room >= 0) == e.passed
+    assert outcome(evaluations[0]).user_attrs()["slack"] == pytest.approx(slack(evaluations[0]))
