@@ -36,6 +36,7 @@ Two slots asking for one hole: the later slot takes the nearest free admissible 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -313,11 +314,19 @@ class SearchSpace:
 
     def slot_params(self, k: int) -> list[str]:
         """The parameters of needle slot ``k`` (the GA crosses them over as one block)."""
-        return [n for n in self._distributions if re.fullmatch(rf"[a-z_]+_{k}", n)]
+        return list(self._slots[k])
 
     def global_params(self) -> list[str]:
-        slots = {n for k in range(self.n_slots) for n in self.slot_params(k)}
+        slots = {n for names in self._slots for n in names}
         return [n for n in self._distributions if n not in slots]
+
+    @functools.cached_property
+    def _slots(self) -> tuple[tuple[str, ...], ...]:
+        # Built once: the GA asks for them at every crossover and mutation.
+        return tuple(
+            tuple(n for n in self._distributions if re.fullmatch(rf"[a-z_]+_{k}", n))
+            for k in range(self.n_slots)
+        )
 
     def signature(self) -> str:
         """A hash of case, protocol and parameter space: a stored study must match it."""
