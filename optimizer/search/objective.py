@@ -219,17 +219,20 @@ def outcome(
 
 
 def slack(evaluation: PlanEvaluation, weights: ScoreWeights | None = None) -> float:
-    """The smallest room any applicable required criterion has, in units of its scale
-    (negative when one fails; inf when none applies): how safely a plan passes."""
+    """The smallest room any applicable required criterion of the field or heat has, in units
+    of its scale (negative when one fails; inf when none applies): how safely a plan passes.
+    Device and pulse limits are left out: they are exact on every grid, and a plan at the
+    generator's maximum voltage has no room there by design."""
     w = weights if weights is not None else load_score_weights()
     return min(
         (
             -_signed(r, w)
             for r in evaluation.results
             if r.severity == "required" and r.status != "not_applicable"
+            and criterion_class(r) != "limits"
         ),
         default=math.inf,
-    )
+    )  # fmt: skip
 
 
 def ranking_key(passed: bool, total_score: float) -> tuple[int, float]:
