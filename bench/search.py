@@ -34,6 +34,7 @@ import optuna
 from optimizer.case import prepare_case
 from optimizer.evaluate.evaluator import PlanEvaluator
 from optimizer.evaluate.protocol import load_protocol
+from optimizer.search.fidelity import DEFAULT_TOP_K
 from optimizer.search.local import SearchResult, run_search
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def main() -> None:
         "--samplers", nargs="+", default=["ga", "tpe", "ga:unseeded", "random:unseeded"]
     )
     parser.add_argument("--budgets", type=int, nargs="+", default=[100, 300, 1000])
-    parser.add_argument("--refine-k", type=int, default=1)
+    parser.add_argument("--refine-k", type=int, default=DEFAULT_TOP_K)
     parser.add_argument("--out", type=Path, default=None, help="write every run as JSON")
     parser.add_argument(
         "--table", type=Path, default=None, help="only print the table of runs saved by --out"
