@@ -19,7 +19,10 @@ from services.planner.progress import ClusterProgress
 from tests.services.planner.conftest import QUICK
 
 
-def test_a_worker_killed_mid_trial_loses_only_its_trial(ray_cluster, lesion, ect, tmp_path):
+@pytest.mark.parametrize("reproducible", [True, False], ids=["batches", "asynchronous"])
+def test_a_worker_killed_mid_trial_loses_only_its_trial(
+    ray_cluster, lesion, ect, tmp_path, reproducible
+):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     killed: dict[str, object] = {}
 
@@ -35,7 +38,8 @@ def test_a_worker_killed_mid_trial_loses_only_its_trial(ray_cluster, lesion, ect
         killed["trials"] = {t.trial for t in p.in_flight if t.worker == victim.worker}
 
     with DistributedSearch(lesion, ect, trials=12, workers=2, seed=0, storage_url=url,
-                           study_name="killed", **QUICK) as search:  # fmt: skip
+                           study_name="killed", reproducible=reproducible,
+                           **QUICK) as search:  # fmt: skip
         result = search.run(on_progress=kill_once)
     assert killed, "the search never had both workers busy"
     assert search.stats.worker_deaths == 1
