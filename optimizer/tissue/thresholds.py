@@ -87,6 +87,8 @@ class ThresholdTable:
         self.table = table
         for tissue in table.tissues.values():
             irreversible_exponent(tissue, table.reference_pulses)  # validates the anchors
+        # lookup() answers, kept: an evaluation asks the same few thousands of times.
+        self._looked_up: dict[tuple[tuple[str, ...], str, float], npt.NDArray[np.float64]] = {}
 
     def value(self, tissue: str, name: str, pulses: float) -> float | None:
         """Threshold ``name`` ("e_rev" or "e_irr") of ``tissue`` at ``pulses``, V/cm."""
@@ -112,8 +114,14 @@ class ThresholdTable:
             if not (math.isfinite(level) and level > 0):
                 raise ThresholdError(f"a numeric threshold must be > 0 V/cm, got {threshold}")
             return np.full(len(tissue_names), level)
-        values = [self.value(t, threshold, pulses) for t in tissue_names]
-        return np.array([math.inf if v is None else v for v in values], dtype=np.float64)
+        key = (tuple(tissue_names), threshold, float(pulses))
+        known = self._looked_up.get(key)
+        if known is None:
+            values = [self.value(t, threshold, pulses) for t in tissue_names]
+            known = np.array([math.inf if v is None else v for v in values], dtype=np.float64)
+            known.flags.writeable = False  # shared between callers
+            self._looked_up[key] = known
+        return known
 
     def rows(self, pulse_counts: Sequence[int]) -> list[dict[str, object]]:
         """A report table: each tissue's E_rev and E_irr at each of ``pulse_counts``."""
