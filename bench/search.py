@@ -14,9 +14,12 @@ ectplan's search (the default sampler with its seeds, spec ``ga``) is compared a
 
 Reported per case, protocol and sampler (median over seeds): evaluations and seconds until
 the first plan passing every required criterion on the coarse level ("-" when none did), the
-best coarse score after 100 / 300 / 1000 evaluations, the required criteria the best plan
-meets, whether the returned fine plan passes, and evaluations per second. Lower scores are
-better (optimizer/search/data/score.toml). Wall times on a shared CPU are indicative only.
+coarse score of the best plan after 100 / 300 / 1000 evaluations (best as the search ranks:
+plans passing every required criterion first, then the lower score), the required criteria
+the best plan meets, whether the returned fine plan passes, and evaluations per second. Lower
+scores are better (optimizer/search/data/score.toml). Then, per budget, the seeds on which ectplan's
+search (``ga``) found a better best plan than every baseline. Wall times on a shared CPU are
+indicative only.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -36,6 +39,7 @@ from optimizer.evaluate.evaluator import PlanEvaluator
 from optimizer.evaluate.protocol import load_protocol
 from optimizer.search.fidelity import DEFAULT_TOP_K
 from optimizer.search.local import SearchResult, run_search
+from optimizer.search.objective import ranking_key
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = ("prostatex-0000", "picai-10032", "picai-10043")
@@ -65,6 +69,14 @@ class Run:
     trials: int
     seconds: float
     explore_seconds: float
+    # Whether the best plan at each budget passes every required criterion.
+    passed_at: dict[int, bool] = field(default_factory=dict)
+    # Every told trial: (number, score, passed); None score for a failed evaluation.
+    history: list[tuple[int, float | None, bool]] = field(default_factory=list)
+
+    def best_key(self, budget: int) -> tuple[int, float]:
+        """The search's own order of the best plan by ``budget``: passing first, then score."""
+        return ranking_key(self.passed_at.get(budget, False), self.best_at[budget])
 
     @property
     def evals_per_s(self) -> float:
@@ -77,8 +89,13 @@ def summarise(
 ) -> Run:  # fmt: skip
     ok = [h for h in result.history if h.error is None]
     first_pass = next((h for h in result.history if h.passed), None)
-    best_at = {b: min((h.score for h in ok if h.number < b), default=float("nan")) for b in budgets}
-    best = min(ok, key=lambda h: (not h.passed, h.score))
+    # "Best" as the search ranks plans: any plan passing every required criterion before any
+    # that does not, then the lower score (a failing plan can score lower than a passing one).
+    best_by = {b: min((h for h in ok if h.number < b), key=lambda h: ranking_key(h.passed, h.score),
+                      default=None) for b in budgets}  # fmt: skip
+    best_at = {b: h.score if h is not None else float("nan") for b, h in best_by.items()}
+    passed_at = {b: h is not None and h.passed for b, h in best_by.items()}
+    best = min(ok, key=lambda h: ranking_key(h.passed, h.score))
     return Run(
         case=case, protocol=protocol, sampler=sampler, seed=seed,
         evals_to_pass=None if first_pass is None else first_pass.number + 1,
@@ -88,6 +105,9 @@ def summarise(
         fine_unmet=[u.id for u in result.unmet if u.severity == "required"],
         trials=result.trials_run, seconds=seconds,
         explore_seconds=result.history[-1].seconds if result.history else 0.0,
+        passed_at=passed_at,
+        history=[(h.number, h.score if h.error is None else None, h.passed)
+                 for h in result.history],
     )  # fmt: skip
 
 
@@ -126,6 +146,36 @@ def table(runs: list[Run], budgets: list[int]) -> str:
     return "\n".join(lines)
 
 
+def versus_baselines(runs: list[Run], budgets: list[int], ours: str = "ga") -> str:
+    """Per case, protocol and budget: on how many seeds ``ours`` had a strictly better best
+    plan than every other sampler run with the same seed, in the search's own order (passing
+    every required criterion first, then the lower score); in brackets, on how many it was no
+    worse than any (ties: all found passing plans of equal score)."""
+    by_key: dict[tuple[str, str, int], dict[str, Run]] = {}
+    for r in runs:
+        by_key.setdefault((r.case, r.protocol, r.seed), {})[r.sampler] = r
+    lines = [f"seeds on which {ours!r} beat every baseline (strictly / no worse):"]
+    combos = sorted({(r.case, r.protocol) for r in runs})
+    for case, protocol in combos:
+        cells = []
+        for b in budgets:
+            better = tied = total = 0
+            for (c, p, _), samplers in by_key.items():
+                mine = samplers.get(ours)
+                others = [r for name, r in samplers.items() if name != ours]
+                if c != case or p != protocol or mine is None or not others:
+                    continue
+                if any(b > r.trials for r in (mine, *others)):
+                    continue
+                total += 1
+                best_other = min(r.best_key(b) for r in others)
+                better += mine.best_key(b) < best_other
+                tied += mine.best_key(b) <= best_other
+            cells.append(f"@{b} {better}/{total} ({tied}/{total})")
+        lines.append(f"  {case:16} {protocol:6} " + "  ".join(cells))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, budgets 100 and 300")
@@ -148,7 +198,11 @@ def main() -> None:
         saved = [Run(**r) for r in json.loads(args.table.read_text())]
         for r in saved:
             r.best_at = {int(k): v for k, v in r.best_at.items()}
-        print(table(saved, sorted({b for r in saved for b in r.best_at})))
+            r.passed_at = {int(k): v for k, v in r.passed_at.items()}
+        budgets = sorted({b for r in saved for b in r.best_at})
+        print(table(saved, budgets))
+        print()
+        print(versus_baselines(saved, budgets))
         return
     root = anatomy_root()
     if not root.is_dir():
@@ -198,6 +252,8 @@ def main() -> None:
                     )
     print()
     print(table(runs, args.budgets))
+    print()
+    print(versus_baselines(runs, args.budgets))
 
 
 if __name__ == "__main__":
