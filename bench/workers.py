@@ -30,16 +30,10 @@ from pathlib import Path
 
 import optuna
 
+from optimizer.case import default_anatomy_root
 from optimizer.evaluate.protocol import load_protocol
 from services.planner.driver import EVAL_SECONDS_ATTR, DistributedSearch
 from services.planner.storage import default_storage_url
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def anatomy_root() -> Path:
-    env = os.environ.get("ECTPLAN_ANATOMY_DIR")
-    return Path(env) if env else (REPO.parent / "shared" / "data" / "anatomy").resolve()
 
 
 @dataclass
@@ -140,7 +134,7 @@ def main() -> None:
                         help="skip 1 worker with every core as Numba threads")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="write every run as JSON")
     args = parser.parse_args()
-    anatomy = anatomy_root() / args.case
+    anatomy = default_anatomy_root() / args.case
     if not anatomy.is_dir():
         sys.exit(f"real anatomy not found at {anatomy} (set ECTPLAN_ANATOMY_DIR)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
