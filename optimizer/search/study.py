@@ -40,11 +40,23 @@ from optimizer.search.write_through import WriteThroughStorage
 SIGNATURE_ATTR = "ectplan.space_signature"
 ERROR_ATTR = "error"
 _RDB_PREFIXES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
-_JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
+JOURNAL_PREFIX = "journal:"
+JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
 
 
 class SearchStudyError(ValueError):
     """A storage cannot be opened, or a stored study belongs to another search."""
+
+
+def journal_path(storage: str | Path) -> Path | None:
+    """The file of a journal storage (``journal:path``, or a path with a journal ending that
+    is not a URL); None for anything else."""
+    text = str(storage).strip()
+    if text.startswith(JOURNAL_PREFIX):
+        return Path(text.removeprefix(JOURNAL_PREFIX))
+    if "://" not in text and text.endswith(JOURNAL_SUFFIXES):
+        return Path(text)
+    return None
 
 
 def resolve_storage(storage: str | Path | BaseStorage | None) -> str | BaseStorage | None:
@@ -53,14 +65,12 @@ def resolve_storage(storage: str | Path | BaseStorage | None) -> str | BaseStora
     text = str(storage)
     if text.startswith(_RDB_PREFIXES):
         return text
-    path = text.removeprefix("journal:") if text.startswith("journal:") else None
-    if path is None and text.endswith(_JOURNAL_SUFFIXES):
-        path = text
-    if path:
-        return JournalStorage(JournalFileBackend(path))
+    path = journal_path(text)
+    if path is not None and str(path):
+        return JournalStorage(JournalFileBackend(str(path)))
     raise SearchStudyError(
         f"storage {text!r} is neither an RDB URL (sqlite:///path.db, postgresql://...) nor a "
-        "journal file (journal:path, or a path ending in .log or .jsonl)"
+        "journal file (journal:path, or a path ending in .log, .jsonl or .journal)"
     )
 
 

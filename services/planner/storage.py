@@ -39,15 +39,11 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import event
 
-from optimizer.search.study import SearchStudyError, resolve_storage
+from optimizer.search.study import SearchStudyError, journal_path, resolve_storage
 
 DEFAULT_STUDY_STEM = "study"
 JOURNAL_SUFFIX = ".journal.log"  # .log: what optuna-dashboard and resolve_storage take as a journal
 LEGACY_SUFFIX = ".db"  # the SQLite file earlier versions made
-JOURNAL_PREFIX = "journal:"
-# The file endings optimizer.search.study.resolve_storage opens as a journal (a test checks
-# that the two agree).
-JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
 CONNECT_TIMEOUT_S = 5
 # SQLite waits this long for a lock held by a reader (e.g. the dashboard) before failing.
 SQLITE_BUSY_TIMEOUT_S = 30
@@ -85,16 +81,6 @@ def storage_url_for(path: str | Path) -> str:
 def default_storage_url(folder: str | Path, stem: str = DEFAULT_STUDY_STEM) -> str:
     """The embedded default storage of a search writing into ``folder`` (see ``study_path``)."""
     return storage_url_for(study_path(folder, stem))
-
-
-def journal_path(url: str | Path) -> Path | None:
-    """The file of a journal storage (``journal:path``, or a path with a journal ending)."""
-    text = str(url).strip()
-    if text.startswith(JOURNAL_PREFIX):
-        return Path(text.removeprefix(JOURNAL_PREFIX))
-    if "://" not in text and text.endswith(JOURNAL_SUFFIXES):
-        return Path(text)
-    return None
 
 
 def mask_url(url: str) -> str:
