@@ -9,6 +9,12 @@ passing plan with the most room on its tightest required criterion (``Candidate.
 it is not among the best already: the best-scoring coarse plans often pass an organ-at-risk
 limit by a voxel, which the fine grid and sigma(E) can tip over.
 
+When no plan of a round passes every required criterion on the fine level, the next ``top_k``
+distinct plans in coarse order get their fine evaluation, up to ``max_rounds`` rounds and only
+while there is time: the coarse grid misjudges exactly the criteria decided within a voxel or
+two (the temperature limit 2 mm from a needle, a sliver of organ above threshold), so a plan a
+little further down the coarse order can be the one that passes at clinical quality.
+
 The two levels are plain callables ``Plan -> PlanEvaluation`` (e.g. ``PlanEvaluator.evaluate``
 of two evaluators), so a Ray actor, a cache or a test can stand behind either.
 """
@@ -16,7 +22,7 @@ of two evaluators), so a Ray actor, a cache or a test can stand behind either.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +33,8 @@ from optimizer.search.settings import ScoreWeights, load_score_weights
 
 Evaluate = Callable[[Plan], PlanEvaluation]
 DEFAULT_TOP_K = 3
+# Rounds of top_k fine evaluations at most, while none passes (bench/search.py, picai-10043).
+DEFAULT_MAX_ROUNDS = 3
 
 
 def plan_identity(plan: Plan) -> str:
@@ -68,6 +76,14 @@ class Refined:
         return ranking_key(self.evaluation.passed, self.score.total)
 
 
+def fine_passed(refined: Sequence[Refined]) -> dict[str, bool]:
+    """Each refined plan's identity and whether it passes on the fine level."""
+    return {
+        plan_identity(r.candidate.plan): r.evaluation is not None and r.evaluation.passed
+        for r in refined
+    }
+
+
 def _distinct(candidates: Sequence[Candidate]) -> list[Candidate]:
     """The first candidate of each distinct plan, in the given order."""
     out: list[Candidate] = []
@@ -88,10 +104,13 @@ class TwoFidelity:
     fine: Evaluate
     top_k: int = DEFAULT_TOP_K
     weights: ScoreWeights = field(default_factory=load_score_weights)
+    max_rounds: int = DEFAULT_MAX_ROUNDS
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.max_rounds < 1:
+            raise ValueError(f"max_rounds must be >= 1, got {self.max_rounds}")
 
     def explore(self, plan: Plan) -> PlanEvaluation:
         return self.coarse(plan)
@@ -108,6 +127,18 @@ class TwoFidelity:
                 chosen = [*ranked[: self.top_k - 1], safest]
         return chosen
 
+    def next_round(
+        self, candidates: Sequence[Candidate], passed: Mapping[str, bool], rounds_done: int
+    ) -> list[Candidate]:
+        """The plans of the next fine round. ``passed``: each plan refined so far (by
+        ``plan_identity``) and whether its fine evaluation passes every required criterion.
+        None when one passes or ``max_rounds`` rounds ran, else the next ``top_k`` distinct
+        plans in coarse order without a fine evaluation."""
+        if rounds_done >= self.max_rounds or any(passed.values()):
+            return []
+        ranked = _distinct(sorted(candidates, key=lambda c: (c.key, c.trial_number)))
+        return [c for c in ranked if plan_identity(c.plan) not in passed][: self.top_k]
+
     def refine(
         self,
         candidates: Sequence[Candidate],
@@ -115,7 +146,8 @@ class TwoFidelity:
         deadline: float | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Refined]:
-        """Fine evaluations of ``pick(candidates)``, best first.
+        """Fine evaluations of ``pick(candidates)``, then of further rounds (``next_round``)
+        while none passes; best first.
 
         Candidates are evaluated in coarse order until one evaluates; further ones only while
         ``time.monotonic()`` is before ``deadline`` and ``should_stop`` says go on, so a stopped
@@ -123,20 +155,28 @@ class TwoFidelity:
         (``PlanError``, e.g. a needle outside the fine grid) is kept with its error.
         """
         out: list[Refined] = []
-        for c in self.pick(candidates):
-            have_one = any(r.evaluation is not None for r in out)
+
+        def go_on() -> bool:
+            if not any(r.evaluation is not None for r in out):
+                return True
             late = deadline is not None and time.monotonic() >= deadline
-            if have_one and (late or (should_stop is not None and should_stop())):
-                break
-            started = time.perf_counter()
-            try:
-                evaluation = self.fine(c.plan)
-            except PlanError as exc:
-                out.append(Refined(c, None, None, time.perf_counter() - started, str(exc)))
-                continue
-            out.append(
-                Refined(
-                    c, evaluation, score(evaluation, self.weights), time.perf_counter() - started
-                )
-            )
+            return not (late or (should_stop is not None and should_stop()))
+
+        batch, rounds = self.pick(candidates), 0
+        while batch and go_on():
+            for c in batch:
+                if not go_on():
+                    break
+                out.append(self._refine_one(c))
+            rounds += 1
+            batch = self.next_round(candidates, fine_passed(out), rounds)
         return sorted(out, key=lambda r: (r.key, r.candidate.key, r.candidate.trial_number))
+
+    def _refine_one(self, c: Candidate) -> Refined:
+        started = time.perf_counter()
+        try:
+            evaluation = self.fine(c.plan)
+        except PlanError as exc:
+            return Refined(c, None, None, time.perf_counter() - started, str(exc))
+        seconds = time.perf_counter() - started
+        return Refined(c, evaluation, score(evaluation, self.weights), seconds)

@@ -615,10 +615,7 @@ class DistributedSearch:
         pool_trials = pareto_front(done) if self.multi_objective else done
         candidates = trial_candidates(self.space, pool_trials)
         self._report("refine", "re-evaluating the best plans on the fine grid")
-        results = self._fine_evaluations(TwoFidelity(_unused, _unused, self.refine_top_k)
-                                         .pick(candidates))  # fmt: skip
-        if results is None:
-            return self._cancel()
+        results: dict[str, PlanEvaluation | str] = {}
 
         def fine(plan: Plan) -> PlanEvaluation:
             found = results.get(plan_identity(plan))
@@ -628,7 +625,23 @@ class DistributedSearch:
                 raise PlanError(found)
             return found
 
+        # Each round's plans are evaluated in parallel on the actors; refine() below then
+        # replays exactly the rounds that ran, reading their results.
         levels = TwoFidelity(_unused, fine, top_k=self.refine_top_k, weights=self.weights)
+        picked, rounds = levels.pick(candidates), 0
+        while picked:
+            got = self._fine_evaluations(picked)
+            if got is None:
+                return self._cancel()
+            results.update(got)
+            rounds += 1
+            if self._late():
+                break
+            passed = {
+                key: not isinstance(found, str) and found.passed for key, found in results.items()
+            }
+            picked = levels.next_round(candidates, passed, rounds)
+        levels.max_rounds = max(rounds, 1)
         # refine() timed the look-up; report the workers' evaluation time instead.
         refined = [
             dataclasses.replace(

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from optimizer.evaluate.plan import PlanError
-from optimizer.search.fidelity import Candidate, TwoFidelity, plan_identity
+from optimizer.search.fidelity import Candidate, TwoFidelity, fine_passed, plan_identity
 from optimizer.search.objective import score, slack
 from optimizer.search.seeding import geometric_seeds
 from optimizer.search.space import SearchSpace
@@ -57,7 +57,7 @@ def test_the_last_slot_goes_to_the_passing_plan_with_the_most_slack(candidates, 
 
 
 def test_refine_returns_fine_evaluations_best_first(candidates, ect_coarse, ect_fine):
-    levels = TwoFidelity(ect_coarse.evaluate, ect_fine.evaluate, top_k=2)
+    levels = TwoFidelity(ect_coarse.evaluate, ect_fine.evaluate, top_k=2, max_rounds=1)
     refined = levels.refine(candidates)
     assert len(refined) == 2
     assert [r.key for r in refined] == sorted(r.key for r in refined)
@@ -88,6 +88,54 @@ def test_a_plan_the_fine_level_refuses_is_kept_with_its_error(candidates, ect_co
     assert refined[-1].error == "needle 0 outside the fine grid"
 
 
-def test_top_k_must_be_positive(ect_coarse):
+def passing_only(evaluate, keep: set[str]):
+    """A fine level on which exactly the plans in ``keep`` pass: the others fail a required
+    criterion (as the coarse grid's misjudged heat or organ sliver can on the fine one)."""
+
+    def fine(plan):
+        e = evaluate(plan)
+        status = "pass" if plan_identity(plan) in keep else "fail"
+        results = [
+            dataclasses.replace(r, status=status) if r.severity == "required" else r
+            for r in e.results
+        ]
+        return dataclasses.replace(e, results=results)
+
+    return fine
+
+
+def test_further_rounds_run_until_a_plan_passes(candidates, ect_coarse):
+    distinct = [c for c in candidates if c.trial_number != 99]
+    ranked = sorted(distinct, key=lambda c: (c.key, c.trial_number))
+    # Only the last plan in coarse order passes on the fine level: round 1 (2 plans) fails,
+    # round 2 refines the other two and finds it.
+    last = plan_identity(ranked[-1].plan)
+    levels = TwoFidelity(ect_coarse.evaluate, passing_only(ect_coarse.evaluate, {last}), top_k=2)
+    refined = levels.refine(candidates)
+    assert len(refined) == 4
+    assert plan_identity(refined[0].candidate.plan) == last and refined[0].evaluation.passed
+    # One round only: the best of the failing plans is returned.
+    one = dataclasses.replace(levels, max_rounds=1).refine(candidates)
+    assert len(one) == 2 and not any(r.evaluation.passed for r in one)
+
+
+def test_no_further_round_once_a_plan_passes(candidates, ect_coarse):
+    levels = TwoFidelity(ect_coarse.evaluate, ect_coarse.evaluate, top_k=2)
+    picked = levels.pick(candidates)
+    done = {plan_identity(c.plan): False for c in picked}
+    following = levels.next_round(candidates, done, 1)
+    assert following and not {plan_identity(c.plan) for c in following} & set(done)
+    assert levels.next_round(candidates, {**done, "any plan": True}, 1) == []
+    assert levels.next_round(candidates, done, levels.max_rounds) == []
+    # A stopped search refines no further round.
+    fine = passing_only(ect_coarse.evaluate, set())
+    stopped = TwoFidelity(ect_coarse.evaluate, fine, top_k=2).refine(candidates, deadline=0.0)
+    assert len(stopped) == 1
+    assert fine_passed(stopped) == {plan_identity(stopped[0].candidate.plan): False}
+
+
+def test_top_k_and_rounds_must_be_positive(ect_coarse):
     with pytest.raises(ValueError, match="top_k"):
         TwoFidelity(ect_coarse.evaluate, ect_coarse.evaluate, top_k=0)
+    with pytest.raises(ValueError, match="max_rounds"):
+        TwoFidelity(ect_coarse.evaluate, ect_coarse.evaluate, max_rounds=0)
