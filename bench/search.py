@@ -2,6 +2,7 @@
 
     python bench/search.py [--quick] [--seeds 5] [--cases ...] [--protocols ect irect]
                            [--samplers tpe random ga] [--budgets 100 300 1000] [--out x.json]
+                           [--jobs 15] [--time-limit 420] [--hard-limit 480]
 
 Real cases from ../shared/data/anatomy (model organs at risk added), each protocol, each
 sampler, each seed: a full ``run_search`` with the real ``PlanEvaluator`` (exploration on the
@@ -20,26 +21,51 @@ the best plan meets, whether the returned fine plan passes, and evaluations per 
 scores are better (optimizer/search/data/score.toml). Then, per budget, the seeds on which ectplan's
 search (``ga``) found a better best plan than every baseline. Wall times on a shared CPU are
 indicative only.
+
+``--jobs N`` (N > 1) runs N runs at a time, each in its own process (spawned, one Numba thread,
+one BLAS thread) that prepares each case and its fine evaluators once and keeps them for its
+later runs, as the single process does. Runs start in the same order as with ``--jobs 1`` (seeds
+outermost), so a benchmark stopped early still covers whole seeds first; ``--out`` is rewritten
+after every finished run, in that order. A run's trials and scores are those of ``--jobs 1``
+with one Numba thread (``NUMBA_NUM_THREADS=1``); with more threads the parallel reductions of
+the field solver add in another order, which can change the last digits and, rarely, a
+decision of the search. The fine evaluation of the returned plan can also differ in its last
+digits: a process's fine evaluator keeps pair solutions of its earlier runs as warm starts,
+and which runs those were depends on N. The wall-time columns (s->pass, eval/s) are measured
+with N runs sharing the machine.
+
+``--time-limit S``: no run starts after S seconds (wall time from the first run); runs already
+going finish. ``--hard-limit S``: runs still exploring at S seconds stop there and get their
+fine evaluation; they are kept in ``--out`` (``stopped_early``) but left out of the tables,
+whose medians and comparisons need every run to have reached every budget.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import optuna
 
-from optimizer.case import prepare_case
+from optimizer.case import PreparedCase, prepare_case
 from optimizer.evaluate.evaluator import PlanEvaluator
-from optimizer.evaluate.protocol import load_protocol
+from optimizer.evaluate.protocol import Protocol, load_protocol
 from optimizer.search.fidelity import DEFAULT_TOP_K
-from optimizer.search.local import SearchResult, run_search
+from optimizer.search.local import SearchError, SearchResult, run_search
 from optimizer.search.objective import ranking_key
+from optimizer.search.samplers import DEFAULT_SAMPLER
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = ("prostatex-0000", "picai-10032", "picai-10043")
@@ -73,6 +99,8 @@ class Run:
     passed_at: dict[int, bool] = field(default_factory=dict)
     # Every told trial: (number, score, passed); None score for a failed evaluation.
     history: list[tuple[int, float | None, bool]] = field(default_factory=list)
+    # Stopped by --hard-limit before its trial budget: left out of the tables.
+    stopped_early: bool = False
 
     def best_key(self, budget: int) -> tuple[int, float]:
         """The search's own order of the best plan by ``budget``: passing first, then score."""
@@ -81,6 +109,179 @@ class Run:
     @property
     def evals_per_s(self) -> float:
         return self.trials / self.explore_seconds if self.explore_seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One benchmark run: a full search of one case and protocol with one sampler and seed."""
+
+    seed: int
+    case: str
+    protocol: str
+    sampler: str  # a spec: "ga", "ga:unseeded", "tpe:categorical", ...
+
+
+def jobs_in_order(
+    seeds: Sequence[int], cases: Sequence[str], protocols: Sequence[str], samplers: Sequence[str]
+) -> list[Job]:
+    """Every run, seeds outermost: a benchmark stopped early still covers every case,
+    protocol and sampler for the seeds it finished."""
+    return [
+        Job(seed, case, protocol, spec)
+        for seed in seeds
+        for case in cases
+        for protocol in protocols
+        for spec in samplers
+    ]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every run shares (sent to each worker process with its job)."""
+
+    root: Path
+    budgets: tuple[int, ...]
+    refine_k: int
+    # time.time() at which a run still exploring stops (--hard-limit); None: never.
+    stop_at: float | None = None
+
+
+# Per process: prepared cases (2 mm, 1 mm), protocols and fine evaluators, made on first use
+# and kept for the process's later runs. A run's coarse evaluator is always new: its pair cache
+# is part of what is measured.
+_CASES: dict[str, tuple[PreparedCase, PreparedCase]] = {}
+_PROTOCOLS: dict[str, Protocol] = {}
+_FINE: dict[tuple[str, str], PlanEvaluator] = {}
+
+
+def _case(root: Path, name: str) -> tuple[PreparedCase, PreparedCase]:
+    if name not in _CASES:
+        _CASES[name] = (prepare_case(root / name, spacing_mm=2.0),
+                        prepare_case(root / name, spacing_mm=1.0))  # fmt: skip
+    return _CASES[name]
+
+
+def _fine_evaluator(root: Path, case: str, protocol: str) -> PlanEvaluator:
+    if protocol not in _PROTOCOLS:
+        _PROTOCOLS[protocol] = load_protocol(protocol)
+    if (case, protocol) not in _FINE:
+        _FINE[case, protocol] = PlanEvaluator(_case(root, case)[1], _PROTOCOLS[protocol],
+                                              nonlinear=True)  # fmt: skip
+    return _FINE[case, protocol]
+
+
+def run_job(job: Job, settings: Settings) -> Run | None:
+    """One full search; None when the hard limit stopped it before its first evaluation."""
+    fine_evaluator = _fine_evaluator(settings.root, job.case, job.protocol)
+    coarse, fine = _case(settings.root, job.case)
+    protocol = _PROTOCOLS[job.protocol]
+    sampler, _, option = job.sampler.partition(":")
+    stop_at = settings.stop_at
+    should_stop = None if stop_at is None else (lambda: time.time() >= stop_at)
+    started = time.perf_counter()
+    try:
+        result = run_search(
+            coarse, fine, protocol, trials=max(settings.budgets), seed=job.seed,
+            sampler=sampler,
+            evaluate_coarse=PlanEvaluator(coarse, protocol, nonlinear=False).evaluate,
+            evaluate_fine=fine_evaluator.evaluate,
+            refine_top_k=settings.refine_k,
+            hole_encoding="categorical" if option == "categorical" else "grid",
+            geometric_seeds=option != "unseeded",
+            should_stop=should_stop,
+        )  # fmt: skip
+    except SearchError:
+        if should_stop is not None and should_stop():
+            return None
+        raise
+    run = summarise(result, job.case, job.protocol, job.sampler, job.seed,
+                    list(settings.budgets), time.perf_counter() - started)  # fmt: skip
+    run.stopped_early = result.stopped_by == "cancelled"
+    return run
+
+
+def _init_worker() -> None:
+    """A worker process: one Numba thread (NUMBA_NUM_THREADS is set for it before it starts,
+    since Numba reads it on import), and optuna as quiet as in the main process."""
+    import numba
+
+    numba.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# Every pool of threads a worker could start: N processes with one thread each use N cores.
+_ONE_THREAD = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextmanager
+def _one_thread_children() -> Iterator[None]:
+    """Processes spawned inside the block inherit one-thread settings; this process's own
+    environment is restored afterwards."""
+    saved = {name: os.environ.get(name) for name in _ONE_THREAD}
+    os.environ.update(dict.fromkeys(_ONE_THREAD, "1"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def run_in_order(
+    items: Sequence[T],
+    call: Callable[[T], R],
+    *,
+    workers: int = 1,
+    time_limit_s: float | None = None,
+    on_result: Callable[[int, R], None] | None = None,
+    initializer: Callable[[], None] | None = None,
+) -> tuple[dict[int, R], int]:
+    """``call`` on every item, started in order, at most ``workers`` at a time in spawned
+    worker processes (1: one after the other in this process). No call starts once
+    ``time_limit_s`` seconds have passed since the first; calls already running finish.
+    ``on_result(index, result)`` follows each call as it finishes. Returns the results by item
+    index and how many items never started."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    started = time.monotonic()
+
+    def expired() -> bool:
+        return time_limit_s is not None and time.monotonic() - started >= time_limit_s
+
+    results: dict[int, R] = {}
+    queue = list(enumerate(items))
+    queue.reverse()  # pop() from the end takes the items in order
+    if workers == 1:
+        while queue and not expired():
+            index, item = queue.pop()
+            results[index] = call(item)
+            if on_result is not None:
+                on_result(index, results[index])
+        return results, len(queue)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer) as pool:
+        # Submitted only when a worker is free, so a submitted call starts at once and none
+        # starts after the limit (the pool would otherwise hand queued calls out by itself).
+        running: dict[Future[R], int] = {}
+        while queue or running:
+            while queue and len(running) < workers and not expired():
+                index, item = queue.pop()
+                running[pool.submit(call, item)] = index
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(finished, key=running.__getitem__):
+                index = running.pop(future)
+                results[index] = future.result()
+                if on_result is not None:
+                    on_result(index, results[index])
+    return results, len(queue)
 
 
 def summarise(
@@ -176,84 +377,115 @@ def versus_baselines(runs: list[Run], budgets: list[int], ours: str = "ga") -> s
     return "\n".join(lines)
 
 
+def progress_line(run: Run, budget: int) -> str:
+    stopped = f", stopped at {run.trials} trials" if run.stopped_early else ""
+    return (
+        f"{run.case} {run.protocol} {run.sampler} seed {run.seed}: "
+        f"best@{budget} {run.best_at[budget]:.3f}, met {run.best_met}/"
+        f"{run.best_applicable}, fine {'PASS' if run.fine_passed else 'FAIL'} "
+        f"({', '.join(run.fine_unmet) or 'all met'}), {run.seconds:.0f} s{stopped}"
+    )
+
+
+def print_tables(runs: list[Run], budgets: list[int], ours: str = DEFAULT_SAMPLER) -> None:
+    """The table and the comparison over the runs that reached their whole budget."""
+    complete = [r for r in runs if not r.stopped_early]
+    print(table(complete, budgets))
+    print()
+    print(versus_baselines(complete, budgets, ours))
+    if len(complete) < len(runs):
+        print(f"({len(runs) - len(complete)} runs stopped by the hard limit left out)")
+
+
+def load_runs(*paths: Path) -> list[Run]:
+    """Runs saved by ``--out``, of one benchmark or several (e.g. seeds run apart)."""
+    saved = [Run(**r) for path in paths for r in json.loads(path.read_text())]
+    for r in saved:
+        r.best_at = {int(k): v for k, v in r.best_at.items()}
+        r.passed_at = {int(k): v for k, v in r.passed_at.items()}
+    return saved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, budgets 100 and 300")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first .. first+seeds-1")
     parser.add_argument("--cases", nargs="+", default=list(CASES))
     parser.add_argument("--protocols", nargs="+", default=["ect", "irect"])
     parser.add_argument(
-        "--samplers", nargs="+", default=["ga", "tpe", "ga:unseeded", "random:unseeded"]
-    )
+        "--samplers", nargs="+",
+        default=[DEFAULT_SAMPLER, "tpe", "ga:unseeded", "random:unseeded"],
+    )  # fmt: skip
+    parser.add_argument(
+        "--ours", default=DEFAULT_SAMPLER,
+        help="the sampler spec compared against all others (default: ectplan's default)",
+    )  # fmt: skip
     parser.add_argument("--budgets", type=int, nargs="+", default=[100, 300, 1000])
     parser.add_argument("--refine-k", type=int, default=DEFAULT_TOP_K)
     parser.add_argument("--out", type=Path, default=None, help="write every run as JSON")
     parser.add_argument(
-        "--table", type=Path, default=None, help="only print the table of runs saved by --out"
+        "--table", type=Path, nargs="+", default=None,
+        help="only print the tables of the runs saved by --out (several files: merged)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at a time, each in its own process"
     )
+    parser.add_argument(
+        "--time-limit", type=float, default=None, metavar="S",
+        help="start no run after S seconds; runs already going finish",
+    )  # fmt: skip
+    parser.add_argument(
+        "--hard-limit", type=float, default=None, metavar="S",
+        help="runs still exploring after S seconds stop (kept in --out, left out of the table)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.budgets = 1, [100, 300]
     if args.table is not None:
-        saved = [Run(**r) for r in json.loads(args.table.read_text())]
-        for r in saved:
-            r.best_at = {int(k): v for k, v in r.best_at.items()}
-            r.passed_at = {int(k): v for k, v in r.passed_at.items()}
-        budgets = sorted({b for r in saved for b in r.best_at})
-        print(table(saved, budgets))
-        print()
-        print(versus_baselines(saved, budgets))
+        saved = load_runs(*args.table)
+        print_tables(saved, sorted({b for r in saved for b in r.best_at}), args.ours)
         return
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     root = anatomy_root()
     if not root.is_dir():
         sys.exit(f"real anatomy not found at {root} (set ECTPLAN_ANATOMY_DIR)")
+    missing = [name for name in args.cases if not (root / name).is_dir()]
+    if missing:
+        sys.exit(f"case folder(s) {', '.join(missing)} not found in {root} (see --cases)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     budget = max(args.budgets)
-    runs: list[Run] = []
-    prepared = {
-        name: (prepare_case(root / name, spacing_mm=2.0), prepare_case(root / name, spacing_mm=1.0))
-        for name in args.cases
-    }
-    protocols = {name: load_protocol(name) for name in args.protocols}
-    fine_evaluators = {
-        (c, p): PlanEvaluator(prepared[c][1], protocols[p], nonlinear=True)
-        for c in args.cases
-        for p in args.protocols
-    }
-    # Seeds outermost: a benchmark stopped early still covers every case, protocol and sampler.
-    for seed in range(args.seeds):
-        for case_name in args.cases:
-            coarse, fine = prepared[case_name]
-            for protocol_name, protocol in protocols.items():
-                for spec in args.samplers:
-                    sampler, _, option = spec.partition(":")
-                    started = time.perf_counter()
-                    result = run_search(
-                        coarse, fine, protocol, trials=budget, seed=seed, sampler=sampler,
-                        evaluate_coarse=PlanEvaluator(coarse, protocol, nonlinear=False).evaluate,
-                        evaluate_fine=fine_evaluators[case_name, protocol_name].evaluate,
-                        refine_top_k=args.refine_k,
-                        hole_encoding="categorical" if option == "categorical" else "grid",
-                        geometric_seeds=option != "unseeded",
-                    )  # fmt: skip
-                    run = summarise(result, case_name, protocol_name, spec, seed, args.budgets,
-                                    time.perf_counter() - started)  # fmt: skip
-                    runs.append(run)
-                    if args.out is not None:  # after every run: a long benchmark keeps its figures
-                        args.out.write_text(
-                            json.dumps([r.__dict__ for r in runs], indent=1, default=str)
-                        )
-                    print(
-                        f"{case_name} {protocol_name} {spec} seed {seed}: "
-                        f"best@{budget} {run.best_at[budget]:.3f}, met {run.best_met}/"
-                        f"{run.best_applicable}, fine {'PASS' if run.fine_passed else 'FAIL'} "
-                        f"({', '.join(run.fine_unmet) or 'all met'}), {run.seconds:.0f} s",
-                        flush=True,
-                    )
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = jobs_in_order(seeds, args.cases, args.protocols, args.samplers)
+    settings = Settings(
+        root, tuple(args.budgets), args.refine_k,
+        stop_at=None if args.hard_limit is None else time.time() + args.hard_limit,
+    )  # fmt: skip
+    finished: dict[int, Run] = {}
+
+    def record(index: int, run: Run | None) -> None:
+        if run is None:  # the hard limit came before its first evaluation
+            return
+        finished[index] = run
+        if args.out is not None:  # after every run: a long benchmark keeps its figures
+            runs = [finished[i] for i in sorted(finished)]
+            args.out.write_text(json.dumps([r.__dict__ for r in runs], indent=1, default=str))
+        print(progress_line(run, budget), flush=True)
+
+    # One thread per worker process; with --jobs 1 this process keeps its own settings.
+    with _one_thread_children() if args.jobs > 1 else nullcontext():
+        _, not_started = run_in_order(
+            jobs, partial(run_job, settings=settings), workers=args.jobs,
+            time_limit_s=args.time_limit, on_result=record, initializer=_init_worker,
+        )  # fmt: skip
+    runs = [finished[i] for i in sorted(finished)]
     print()
-    print(table(runs, args.budgets))
-    print()
-    print(versus_baselines(runs, args.budgets))
+    if not_started:
+        print(f"time limit: {not_started} of {len(jobs)} runs not started")
+    if args.jobs > 1:
+        print(f"wall times measured with {args.jobs} runs at a time, one thread each")
+    print_tables(runs, args.budgets, args.ours)
 
 
 if __name__ == "__main__":

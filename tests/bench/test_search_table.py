@@ -1,8 +1,15 @@
-"""The benchmark's comparison with the baselines ranks plans as the search does."""
+"""The benchmark's comparison with the baselines ranks plans as the search does; its runs
+start in order, seeds outermost, in this process or in worker processes, and stop starting at
+the time limit."""
 
 from __future__ import annotations
 
-from bench.search import Run, versus_baselines
+import operator
+import time
+
+import pytest
+
+from bench.search import Run, jobs_in_order, print_tables, run_in_order, versus_baselines
 
 
 def _run(sampler: str, seed: int, score: float, passed: bool) -> Run:
@@ -36,3 +43,49 @@ def test_budgets_a_run_did_not_reach_are_left_out():
     short = _run("ga:unseeded", 0, 0.1, True)
     short.trials = 50
     assert "@100 0/0 (0/0)" in versus_baselines([_run("ga", 0, 0.5, True), short], [100])
+
+
+def test_runs_that_stopped_early_are_left_out_of_the_tables(capsys):
+    stopped = _run("random:unseeded", 1, 0.1, True)
+    stopped.stopped_early = True
+    runs = [_run("ga", 0, 0.5, True), _run("random:unseeded", 0, 0.9, True),
+            _run("ga", 1, 0.5, True), stopped]  # fmt: skip
+    print_tables(runs, [100])
+    out = capsys.readouterr().out
+    assert "@100 1/1 (1/1)" in out
+    assert "(1 runs stopped by the hard limit left out)" in out
+
+
+def test_jobs_cover_whole_seeds_first():
+    jobs = jobs_in_order(range(2), ["a", "b"], ["ect", "irect"], ["ga", "random:unseeded"])
+    assert len(jobs) == 16
+    assert {j.seed for j in jobs[:8]} == {0} and {j.seed for j in jobs[8:]} == {1}
+    assert [(j.case, j.protocol, j.sampler) for j in jobs[:8]] == [
+        (j.case, j.protocol, j.sampler) for j in jobs[8:]
+    ]
+    assert (jobs[0].case, jobs[1].sampler, jobs[2].protocol) == ("a", "random:unseeded", "irect")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_item_runs_and_results_keep_their_index(workers: int) -> None:
+    seen: list[int] = []
+    results, not_started = run_in_order(
+        [3, 1, 2], operator.neg, workers=workers, on_result=lambda i, _: seen.append(i)
+    )
+    assert results == {0: -3, 1: -1, 2: -2}
+    assert not_started == 0 and sorted(seen) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_no_item_starts_after_the_time_limit_but_running_ones_finish(workers):
+    # The first `workers` items start at once and outlast the limit; none after them starts.
+    started = time.monotonic()
+    results, not_started = run_in_order(
+        [0.4] * (workers + 2), time.sleep, workers=workers, time_limit_s=0.2
+    )
+    assert sorted(results) == list(range(workers)) and not_started == 2
+    assert time.monotonic() - started >= 0.4
+
+
+def test_nothing_starts_with_a_limit_of_zero():
+    assert run_in_order([1, 2], operator.neg, workers=2, time_limit_s=0) == ({}, 2)
