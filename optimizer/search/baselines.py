@@ -102,7 +102,7 @@ class GeneticSampler(BaseSampler):
         ]
         if len(done) < self.population_size:
             return {}  # random start: sample_independent fills every parameter
-        population = sorted(done, key=_rank)[: self.population_size]
+        population = self._breeding_pool(study, done)
         seen = {self._known_identity(study, t) for t in done}
         for _ in range(MAX_DUPLICATE_RETRIES):
             mother = self._tournament(population)
@@ -123,9 +123,13 @@ class GeneticSampler(BaseSampler):
 
     # ---- operators ---------------------------------------------------------------------
 
+    def _breeding_pool(self, study: Study, done: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+        """The trials parents are drawn from: the best ``population_size`` (elitism)."""
+        return sorted(done, key=rank)[: self.population_size]
+
     def _tournament(self, population: Sequence[FrozenTrial]) -> FrozenTrial:
         picks = self._rng.choice(len(population), size=self.tournament_size, replace=True)
-        return min((population[int(i)] for i in picks), key=_rank)
+        return min((population[int(i)] for i in picks), key=rank)
 
     def _crossover(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         child = dict(a)
@@ -190,6 +194,7 @@ class GeneticSampler(BaseSampler):
         return float(dist.low + min(max(k, 0), top) * dist.step)
 
 
-def _rank(trial: FrozenTrial) -> tuple[int, float]:
+def rank(trial: FrozenTrial) -> tuple[int, float]:
+    """A completed trial's place in the search's order: passing plans first, then score."""
     value = trial.values[0] if trial.values else math.inf
     return ranking_key(bool(trial.user_attrs.get("passed", False)), value)

@@ -33,9 +33,10 @@ import optuna
 from optuna.samplers import BaseSampler, NSGAIISampler, QMCSampler, TPESampler
 
 from optimizer.search.baselines import DEFAULT_POPULATION, GeneticSampler, random_search
+from optimizer.search.niching import NichedGeneticSampler
 from optimizer.search.space import SearchSpace
 
-SAMPLERS = ("tpe", "nsga2", "random", "qmc", "ga")
+SAMPLERS = ("tpe", "nsga2", "random", "qmc", "ga", "niche-ga")
 DEFAULT_SAMPLER = "ga"
 DEFAULT_MULTI_OBJECTIVE_SAMPLER = "nsga2"
 # Random trials before TPE models anything (besides the enqueued seeds). The space has ~30
@@ -84,9 +85,8 @@ def make_sampler(
                 warn_asynchronous_seeding=False,
             )
     if multi_objective:
-        raise ValueError("sampler 'ga' is single-objective; use nsga2 or tpe for several")
+        raise ValueError(f"sampler {key!r} is single-objective; use nsga2 or tpe for several")
     if space is None:
-        raise ValueError(
-            "sampler 'ga' (the single-objective default) needs the search space: pass space=..."
-        )
-    return GeneticSampler(space, population_size=population_size or DEFAULT_POPULATION, seed=seed)
+        raise ValueError(f"sampler {key!r} needs the search space: pass space=...")
+    genetic = NichedGeneticSampler if key == "niche-ga" else GeneticSampler
+    return genetic(space, population_size=population_size or DEFAULT_POPULATION, seed=seed)
