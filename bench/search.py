@@ -1,7 +1,8 @@
 """Plan search: the default sampler beside random search and the genetic baseline, one run.
 
     python bench/search.py [--quick] [--seeds 5] [--cases ...] [--protocols ect irect]
-                           [--samplers tpe random ga] [--budgets 100 300 1000] [--out x.json]
+                           [--samplers niche-ga ga:unseeded random:unseeded]
+                           [--budgets 100 300 1000] [--out x.json] [--ours niche-ga]
                            [--jobs 15] [--time-limit 420] [--hard-limit 480]
 
 Real cases from ../shared/data/anatomy (model organs at risk added), each protocol, each
@@ -11,7 +12,8 @@ sampler, each seed: a full ``run_search`` with the real ``PlanEvaluator`` (explo
 what is measured. A sampler spec ``tpe:categorical`` runs TPE on the categorical hole encoding;
 ``ga:unseeded`` and ``random:unseeded`` start without ectplan's geometric seeds: the published
 genetic algorithm (random initial population) and plain random search, the baselines that
-ectplan's search (the default sampler with its seeds, spec ``ga``) is compared against.
+ectplan's search (the default sampler with its seeds, spec ``niche-ga``; ``--ours``) is
+compared against.
 
 Reported per case, protocol and sampler (median over seeds): evaluations and seconds until
 the first plan passing every required criterion on the coarse level ("-" when none did), the
@@ -19,7 +21,7 @@ coarse score of the best plan after 100 / 300 / 1000 evaluations (best as the se
 plans passing every required criterion first, then the lower score), the required criteria
 the best plan meets, whether the returned fine plan passes, and evaluations per second. Lower
 scores are better (optimizer/search/data/score.toml). Then, per budget, the seeds on which ectplan's
-search (``ga``) found a better best plan than every baseline. Wall times on a shared CPU are
+search (``--ours``) found a better best plan than every baseline. Wall times on a shared CPU are
 indicative only.
 
 ``--jobs N`` (N > 1) runs N runs at a time, each in its own process (spawned, one Numba thread,
@@ -347,7 +349,9 @@ def table(runs: list[Run], budgets: list[int]) -> str:
     return "\n".join(lines)
 
 
-def versus_baselines(runs: list[Run], budgets: list[int], ours: str = "ga") -> str:
+def versus_baselines(
+    runs: list[Run], budgets: list[int], ours: str = DEFAULT_SAMPLER
+) -> str:
     """Per case, protocol and budget: on how many seeds ``ours`` had a strictly better best
     plan than every other sampler run with the same seed, in the search's own order (passing
     every required criterion first, then the lower score); in brackets, on how many it was no

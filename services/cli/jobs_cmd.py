@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="Ray workers (0: server default)")
     p.add_argument("--grid-mm", type=float, default=0.0, help="fine grid spacing (0: 1 mm)")
-    p.add_argument("--sampler", default="", help="tpe, nsga2, random, qmc, ga")
+    p.add_argument("--sampler", default="", help="niche-ga, ga, tpe, nsga2, random, qmc")
     p.add_argument("--multi-objective", action="store_true")
     p.add_argument("--idempotency-key", default="", help="makes retries safe")
     p.add_argument("--watch", action="store_true", help="follow the job until it ends")

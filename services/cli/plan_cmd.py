@@ -50,8 +50,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="Pareto search (coverage, organ-at-risk exposure, needles)",
     )
-    p.add_argument("--sampler", help="tpe, nsga2, random, qmc or ga (default tpe; nsga2 "
-                   "with --multi-objective)")  # fmt: skip
+    p.add_argument("--sampler", help="niche-ga, ga, tpe, nsga2, random or qmc (default "
+                   "niche-ga; nsga2 with --multi-objective)")  # fmt: skip
     p.add_argument("--grid-mm", type=float, default=1.0,
                    help="fine planning grid (mm) for the final evaluation; exploration uses "
                    "max(2, this)")  # fmt: skip

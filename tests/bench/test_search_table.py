@@ -10,6 +10,9 @@ import time
 import pytest
 
 from bench.search import Run, jobs_in_order, print_tables, run_in_order, versus_baselines
+from optimizer.search.samplers import DEFAULT_SAMPLER
+
+OURS = DEFAULT_SAMPLER  # ectplan's search, compared by default
 
 
 def _run(sampler: str, seed: int, score: float, passed: bool) -> Run:
@@ -23,7 +26,7 @@ def _run(sampler: str, seed: int, score: float, passed: bool) -> Run:
 
 def test_a_passing_plan_beats_a_failing_one_with_a_lower_score():
     runs = [
-        _run("ga", 0, 0.5, True),
+        _run(OURS, 0, 0.5, True),
         _run("ga:unseeded", 0, 0.2, False),  # lower score, but fails a required criterion
         _run("random:unseeded", 0, 0.9, True),
     ]
@@ -32,9 +35,9 @@ def test_a_passing_plan_beats_a_failing_one_with_a_lower_score():
 
 def test_ties_count_as_no_worse_only_and_a_better_baseline_wins():
     runs = [
-        _run("ga", 0, 0.3, True), _run("ga:unseeded", 0, 0.3, True),  # tie
-        _run("ga", 1, 0.4, True), _run("random:unseeded", 1, 0.1, True),  # baseline better
-        _run("ga", 2, 0.1, True), _run("random:unseeded", 2, 0.2, True),  # ectplan better
+        _run(OURS, 0, 0.3, True), _run("ga:unseeded", 0, 0.3, True),  # tie
+        _run(OURS, 1, 0.4, True), _run("random:unseeded", 1, 0.1, True),  # baseline better
+        _run(OURS, 2, 0.1, True), _run("random:unseeded", 2, 0.2, True),  # ectplan better
     ]  # fmt: skip
     assert "@100 1/3 (2/3)" in versus_baselines(runs, [100])
 
@@ -42,14 +45,14 @@ def test_ties_count_as_no_worse_only_and_a_better_baseline_wins():
 def test_budgets_a_run_did_not_reach_are_left_out():
     short = _run("ga:unseeded", 0, 0.1, True)
     short.trials = 50
-    assert "@100 0/0 (0/0)" in versus_baselines([_run("ga", 0, 0.5, True), short], [100])
+    assert "@100 0/0 (0/0)" in versus_baselines([_run(OURS, 0, 0.5, True), short], [100])
 
 
 def test_runs_that_stopped_early_are_left_out_of_the_tables(capsys):
     stopped = _run("random:unseeded", 1, 0.1, True)
     stopped.stopped_early = True
-    runs = [_run("ga", 0, 0.5, True), _run("random:unseeded", 0, 0.9, True),
-            _run("ga", 1, 0.5, True), stopped]  # fmt: skip
+    runs = [_run(OURS, 0, 0.5, True), _run("random:unseeded", 0, 0.9, True),
+            _run(OURS, 1, 0.5, True), stopped]  # fmt: skip
     print_tables(runs, [100])
     out = capsys.readouterr().out
     assert "@100 1/1 (1/1)" in out
