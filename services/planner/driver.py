@@ -2,9 +2,10 @@
 
 The driver owns the study (sampler, storage, tells); the actors (services.planner.actors) only
 evaluate plans. Exploration runs on the coarse grid, then the best ``refine_top_k`` distinct
-plans are re-evaluated on the fine grid with sigma(E) in parallel on the actors, and the best
-fine evaluation is the result (``optimizer.search.fidelity``: the same choice as the local
-``run_search``). At most one trial is in flight per worker.
+plans are re-evaluated on the fine grid with sigma(E) in parallel on the actors (further rounds
+of as many while none passes and there is time), and the best fine evaluation is the result
+(``optimizer.search.fidelity``: the same choice as the local ``run_search``). Each worker has
+at most ``PIPELINE_DEPTH`` trials out: one evaluating, one queued.
 
 Order of tells and what is reproducible:
 - ``reproducible=True`` (default): pipelined batches. The driver asks one proposal per live
