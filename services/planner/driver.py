@@ -98,6 +98,7 @@ from optimizer.search.study import (
 from optimizer.search.study import candidates as trial_candidates
 from optimizer.tissue.table import TissueTable
 from services.planner.actors import CaseSpec, Reply
+from services.planner.affinity import PairAffinity
 from services.planner.cluster import ClusterInfo, connect
 from services.planner.pool import DEFAULT_MAX_RESTARTS, POLL_S, PoolError, Worker, WorkerPool
 from services.planner.progress import ClusterProgress, InFlight
@@ -156,6 +157,11 @@ class RunStats:
     @property
     def trials_per_s(self) -> float:
         return self.trials_told / self.explore_s if self.explore_s > 0 else 0.0
+
+
+def _actor_key(worker: Worker) -> tuple[int, int]:
+    """One actor: its slot and how many actors died in that slot before it."""
+    return worker.index, worker.deaths
 
 
 def _default_threads(cluster: ClusterInfo, workers: int) -> int:
@@ -314,6 +320,7 @@ class DistributedSearch:
         threads = self.threads_per_worker or _default_threads(cluster, self.workers)
         self.stats.threads_per_worker = threads
         report(f"starting {self.workers} workers ({threads} threads each)")
+        self.affinity = PairAffinity(self.warm_plan)
         # Kept on self: a replacement actor is built from the same reference.
         self.anatomy_ref = ray.put(self.anatomy)
         self.pool = WorkerPool(
@@ -401,6 +408,7 @@ class DistributedSearch:
 
     def _submit(self, proposal: Proposal, worker: Worker) -> _Task:
         assert self.pool is not None
+        self.affinity.sent(_actor_key(worker), proposal.plan)
         ref = self.pool.submit(worker, proposal.plan, "coarse")
         task = _Task(proposal, worker, worker.handle, self.submissions)
         self.submissions += 1
@@ -422,10 +430,11 @@ class DistributedSearch:
             n = len(idle) if self.trials is None else min(len(idle), self.trials - self.asked)
             if n <= 0:
                 break
-            tasks = [
-                self._submit(proposal, worker)
-                for proposal, worker in zip(ask(self.study, self.space, n), idle, strict=False)
-            ]
+            proposals = ask(self.study, self.space, n)
+            places = self.affinity.assign(
+                [p.plan for p in proposals], [_actor_key(w) for w in idle]
+            )
+            tasks = [self._submit(p, idle[i]) for p, i in zip(proposals, places, strict=True)]
             self.asked += len(tasks)
             if self.reproducible:
                 self.batches.append(tasks)
@@ -500,6 +509,7 @@ class DistributedSearch:
                 settled.append((t, self._unexpected(t, exc)))
             else:
                 settled.append((t, _Outcome(reply, reply.error)))
+        self.affinity.forget(_actor_key(worker))  # the replacement's cache starts empty
         try:
             # Before any tell: a tell may ask new plans, which must go to the replacement.
             self.pool.died(worker)
@@ -513,6 +523,7 @@ class DistributedSearch:
             self._record(t, outcome)
         for t in again:
             target = worker if not worker.retired else self._least_loaded()
+            self.affinity.sent(_actor_key(target), t.proposal.plan)
             ref_again = self.pool.submit(target, t.proposal.plan, "coarse")
             self.inflight[ref_again] = dataclasses.replace(
                 t, worker=target, handle=target.handle, order=self.submissions
