@@ -75,9 +75,9 @@ class GeneticSampler(BaseSampler):
         self.mutation_rate = mutation_rate
         self._rng = np.random.RandomState(seed)
         self._random = RandomSampler(seed=seed)
-        # Plan identity of each completed trial by (study, trial number): decoding every
-        # evaluated plan at every ask made a long search quadratic.
-        self._identities: dict[tuple[int, int], str] = {}
+        # Per study: the completed trial numbers seen and their plans' identities. Decoding
+        # every evaluated plan at every ask made a long search quadratic.
+        self._known: dict[int, tuple[set[int], set[str]]] = {}
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -98,12 +98,12 @@ class GeneticSampler(BaseSampler):
         done = [
             t
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if set(search_space) <= set(t.params)
+            if search_space.keys() <= t.params.keys()
         ]
         if len(done) < self.population_size:
             return {}  # random start: sample_independent fills every parameter
         population = self._breeding_pool(study, done)
-        seen = {self._known_identity(study, t) for t in done}
+        seen = self._seen(study, done)
         for _ in range(MAX_DUPLICATE_RETRIES):
             mother = self._tournament(population)
             father = self._tournament(population)
@@ -167,12 +167,14 @@ class GeneticSampler(BaseSampler):
     def _identity(self, params: dict[str, Any]) -> str:
         return self._space.decode(params).model_dump_json(exclude={"name", "notes"})
 
-    def _known_identity(self, study: Study, trial: FrozenTrial) -> str:
-        key = (study._study_id, trial.number)
-        known = self._identities.get(key)
-        if known is None:
-            known = self._identities[key] = self._identity(trial.params)
-        return known
+    def _seen(self, study: Study, done: Sequence[FrozenTrial]) -> set[str]:
+        """Identities of the plans in ``done``, kept up to date rather than rebuilt per ask."""
+        numbers, identities = self._known.setdefault(study._study_id, (set(), set()))
+        for t in done:
+            if t.number not in numbers:
+                numbers.add(t.number)
+                identities.add(self._identity(t.params))
+        return identities
 
     def _mutate_gene(self, value: Any, dist: BaseDistribution) -> Any:
         if isinstance(dist, CategoricalDistribution):
