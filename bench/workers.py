@@ -11,7 +11,9 @@ the 2 mm grid. Throughput is told trials per second of the exploration phase (wo
 and the fine re-evaluation excluded). Configurations are interleaved, repeat by repeat, so a
 load change on a shared machine hits all of them alike; the median over repeats is reported,
 with the mean evaluation time inside the workers and the driver's CPU time per trial (ask,
-tell, storage, Ray), which together say where the time goes.
+tell, storage, Ray), which together say where the time goes. On Linux the machine's CPU time
+per trial is read from /proc as well: all processes, the workers alone, and the share of the
+machine left idle (a worker waiting for its next plan).
 Also run: 1 worker with every core as Numba threads (the default of ``ectplan plan --workers
 1``), for reference.
 """
@@ -47,6 +49,28 @@ class Measure:
     trials_per_s: float
     mean_eval_ms: float
     driver_cpu_ms_per_trial: float
+    machine_cpu_ms_per_trial: float = float("nan")
+    workers_cpu_ms_per_trial: float = float("nan")
+    idle_share: float = float("nan")
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_snapshot(pids: list[int]) -> tuple[float, float, float] | None:
+    """(busy s of the machine, all s of the machine, CPU s of ``pids``) from /proc; None
+    where /proc is not there."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        own = 0.0
+        for pid in pids:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            after = stat[stat.rindex(")") + 2 :].split()
+            own += (int(after[11]) + int(after[12])) / _TICK  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / _TICK, sum(fields) / _TICK, own
 
 
 def measure(
@@ -64,6 +88,11 @@ def measure(
         with search:
             search.prepare()
             marks: dict[str, float] = {}
+            machine: dict[str, tuple[float, float, float] | None] = {}
+
+            def worker_pids() -> list[int]:
+                pool = search.pool
+                return [w.pid for w in pool.workers if w.pid is not None] if pool else []
 
             def on_progress(p: object) -> None:
                 # The driver's CPU clock at the first and last told trial of the exploration.
@@ -71,9 +100,12 @@ def measure(
                 if phase == "explore" and "first" not in marks and getattr(p, "trials_done", 0):
                     marks["first"] = time.process_time()
                     marks["first_n"] = getattr(p, "trials_done", 0)
+                    machine["first"] = _cpu_snapshot(worker_pids())
                 if phase == "explore":
                     marks["last"] = time.process_time()
                     marks["last_n"] = getattr(p, "trials_done", 0)
+                    if getattr(p, "trials_done", 0) == trials:
+                        machine["last"] = _cpu_snapshot(worker_pids())
 
             search.run(on_progress=on_progress)
             evals = [
@@ -83,12 +115,22 @@ def measure(
             ]
         told = max(1.0, marks.get("last_n", 0) - marks.get("first_n", 0))
         stats = search.stats
+        first, last = machine.get("first"), machine.get("last")
+        per_trial = {}
+        if first is not None and last is not None:
+            busy, total, own = (b - a for a, b in zip(first, last, strict=True))
+            per_trial = {
+                "machine_cpu_ms_per_trial": 1000 * busy / told,
+                "workers_cpu_ms_per_trial": 1000 * own / told,
+                "idle_share": 1 - busy / total if total > 0 else float("nan"),
+            }
         return Measure(
             workers=workers, threads=threads, mode=mode, repeat=repeat,
             trials=stats.trials_told, explore_s=stats.explore_s,
             trials_per_s=stats.trials_per_s,
             mean_eval_ms=1000 * statistics.fmean(evals) if evals else float("nan"),
             driver_cpu_ms_per_trial=1000 * (marks.get("last", 0) - marks.get("first", 0)) / told,
+            **per_trial,
         )  # fmt: skip
 
 
@@ -96,8 +138,9 @@ def table(measures: list[Measure]) -> str:
     keys = sorted({(m.mode, m.workers, m.threads) for m in measures})
     lines = [
         f"{'mode':<13} {'workers':>7} {'threads':>7} {'trials/s':>9} {'eval ms':>8} "
-        f"{'driver ms/trial':>15} {'runs':>5}",
-        "-" * 70,
+        f"{'driver ms/trial':>15} {'workers ms/trial':>16} {'machine ms/trial':>16} "
+        f"{'idle':>5} {'runs':>5}",
+        "-" * 110,
     ]
     rate: dict[tuple[str, int, int], float] = {}
     for key in keys:
@@ -106,7 +149,10 @@ def table(measures: list[Measure]) -> str:
         lines.append(
             f"{key[0]:<13} {key[1]:>7} {key[2]:>7} {rate[key]:>9.2f} "
             f"{statistics.median(m.mean_eval_ms for m in runs):>8.1f} "
-            f"{statistics.median(m.driver_cpu_ms_per_trial for m in runs):>15.1f} {len(runs):>5}"
+            f"{statistics.median(m.driver_cpu_ms_per_trial for m in runs):>15.1f} "
+            f"{statistics.median(m.workers_cpu_ms_per_trial for m in runs):>16.1f} "
+            f"{statistics.median(m.machine_cpu_ms_per_trial for m in runs):>16.1f} "
+            f"{statistics.median(m.idle_share for m in runs):>5.0%} {len(runs):>5}"
         )
     lines.append("")
     for mode in sorted({k[0] for k in keys}):
