@@ -179,6 +179,7 @@ class Outcome:
     applicable: int
     failed_required: list[str]
     slack: float = math.inf
+    headroom: float | None = None
 
     def user_attrs(self) -> dict[str, Any]:
         """Trial user attributes (JSON-safe): what a study keeps about each trial."""
@@ -191,6 +192,7 @@ class Outcome:
             "criteria_applicable": self.applicable,
             "failed_required": self.failed_required,
             "slack": self.slack if math.isfinite(self.slack) else None,
+            "field_headroom": self.headroom,
         }
 
 
@@ -215,6 +217,7 @@ def outcome(
             r.id for r in evaluation.results if r.status == "fail" and r.severity == "required"
         ],
         slack=slack(evaluation, w),
+        headroom=field_headroom(evaluation),
     )
 
 
@@ -233,6 +236,39 @@ def slack(evaluation: PlanEvaluation, weights: ScoreWeights | None = None) -> fl
         ),
         default=math.inf,
     )  # fmt: skip
+
+
+def field_headroom(evaluation: PlanEvaluation) -> float | None:
+    """How far below its threshold the field stays in the organs at risk of the required
+    volume criteria: the smallest threshold / peak field over their structures (> 1: no voxel
+    reaches it). None when no such criterion applies.
+
+    A volume criterion says nothing more once no voxel is above threshold; this says how
+    close one is. On the coarse grid, that is what tells which of many plans with no voxel
+    over a limit will still have none on the fine grid.
+    """
+    structures = evaluation.metrics.get("structures", {})
+    results = {r.id: r for r in evaluation.results}
+    ratios: list[float] = []
+    for c in evaluation.protocol.criteria:
+        result = results.get(c.id)
+        if (
+            c.severity != "required" or c.kind != CriterionKind.VOLUME_ABOVE_MAX
+            or result is None or result.status == "not_applicable"
+        ):  # fmt: skip
+            continue
+        for name in result.structures:
+            s = structures.get(name) or {}
+            peak = (s.get("field") or {}).get("max_V_per_cm")
+            if isinstance(c.threshold, str):
+                threshold = ((s.get("thresholds") or {}).get(c.threshold) or {}).get(
+                    "threshold_min_V_per_cm"
+                )
+            else:
+                threshold = c.threshold
+            if peak and threshold:
+                ratios.append(float(threshold) / float(peak))
+    return min(ratios, default=None)
 
 
 def ranking_key(passed: bool, total_score: float) -> tuple[int, float]:

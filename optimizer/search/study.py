@@ -238,6 +238,8 @@ def candidates(space: SearchSpace, trials: Sequence[FrozenTrial]) -> list[Candid
                 float(t.user_attrs["score"]),
                 bool(t.user_attrs.get("passed", False)),
                 float(room) if room is not None else -math.inf,
+                tuple(float(v) for v in t.user_attrs.get("constraints") or ()),
+                t.user_attrs.get("field_headroom"),
             )
         )
     return out

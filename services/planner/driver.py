@@ -649,10 +649,10 @@ class DistributedSearch:
             rounds += 1
             if self._late():
                 break
-            passed = {
-                key: not isinstance(found, str) and found.passed for key, found in results.items()
+            fine_so_far = {
+                key: None if isinstance(found, str) else found for key, found in results.items()
             }
-            picked = levels.next_round(candidates, passed, rounds)
+            picked = levels.next_round(candidates, fine_so_far, rounds)
         levels.max_rounds = max(rounds, 1)
         # refine() timed the look-up; report the workers' evaluation time instead.
         refined = [

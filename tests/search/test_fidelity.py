@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from optimizer.evaluate.plan import PlanError
-from optimizer.search.fidelity import Candidate, TwoFidelity, fine_passed, plan_identity
-from optimizer.search.objective import score, slack
+from optimizer.search.fidelity import Candidate, TwoFidelity, fine_results, plan_identity
+from optimizer.search.objective import constraints, score, slack
 from optimizer.search.seeding import geometric_seeds
 from optimizer.search.space import SearchSpace
 
@@ -122,16 +122,103 @@ def test_further_rounds_run_until_a_plan_passes(candidates, ect_coarse):
 def test_no_further_round_once_a_plan_passes(candidates, ect_coarse):
     levels = TwoFidelity(ect_coarse.evaluate, ect_coarse.evaluate, top_k=2)
     picked = levels.pick(candidates)
-    done = {plan_identity(c.plan): False for c in picked}
+    failing = passing_only(ect_coarse.evaluate, set())
+    done = {plan_identity(c.plan): failing(c.plan) for c in picked}
     following = levels.next_round(candidates, done, 1)
     assert following and not {plan_identity(c.plan) for c in following} & set(done)
-    assert levels.next_round(candidates, {**done, "any plan": True}, 1) == []
+    one_passes = ect_coarse.evaluate(picked[0].plan)
+    one_passes = dataclasses.replace(
+        one_passes,
+        results=[dataclasses.replace(r, status="pass") for r in one_passes.results],
+    )  # fmt: skip
+    assert levels.next_round(candidates, {**done, "any plan": one_passes}, 1) == []
     assert levels.next_round(candidates, done, levels.max_rounds) == []
     # A stopped search refines no further round.
     fine = passing_only(ect_coarse.evaluate, set())
     stopped = TwoFidelity(ect_coarse.evaluate, fine, top_k=2).refine(candidates, deadline=0.0)
     assert len(stopped) == 1
-    assert fine_passed(stopped) == {plan_identity(stopped[0].candidate.plan): False}
+    assert list(fine_results(stopped)) == [plan_identity(stopped[0].candidate.plan)]
+    assert not fine_results(stopped)[plan_identity(stopped[0].candidate.plan)].passed
+
+
+def _c(number: int, plan, score_: float, values: tuple[float, ...]) -> Candidate:
+    return Candidate(number, {}, plan, score_, all(v <= 0 for v in values), -1.0, values)
+
+
+def test_a_predicted_key_moves_the_constraints_by_the_shift(candidates):
+    plan = candidates[0].plan
+    c = _c(0, plan, 1.0, (0.1, -0.5))
+    assert c.key == (1, 1.0)
+    # Moved to (-0.1, -0.2): predicted to pass, without the 0.1 it failed by.
+    assert c.predicted_key((-0.2, 0.3)) == pytest.approx((0, 0.9, 0.0))
+    # Moved to (0.15, -0.1): predicted to fail by 0.15.
+    assert c.predicted_key((0.05, 0.4)) == pytest.approx((1, 0.15, 0.0))
+    # Exactly at a limit after the shift, up to rounding: met.
+    assert _c(0, plan, 1.0, (0.3, -0.5)).predicted_key((-0.1 - 0.2, 0.0))[0] == 0
+    # No shift known, or one of another protocol: the coarse key.
+    assert c.predicted_key(()) == (*c.key, 0.0) == c.predicted_key((0.1, 0.2, 0.3))
+
+
+def test_equal_predicted_failures_are_told_apart_by_field_headroom(candidates):
+    plan = candidates[0].plan
+    shift = (0.0, 0.03)  # every plan with no voxel over the organ's limit tips over
+    hot = dataclasses.replace(_c(0, plan, 1.0, (-0.2, -0.01)), headroom=1.02)
+    cool = dataclasses.replace(_c(1, plan, 3.0, (-0.3, -0.01)), headroom=1.3)
+    unknown = _c(2, plan, 0.5, (-0.3, -0.01))
+    assert sorted([hot, unknown, cool], key=lambda c: c.predicted_key(shift)) == [
+        cool,
+        hot,
+        unknown,
+    ]
+    # A smaller predicted excess still comes first.
+    closer = dataclasses.replace(_c(3, plan, 1.0, (-0.2, -0.015)), headroom=1.0)
+    assert min([cool, closer], key=lambda c: c.predicted_key(shift)) is closer
+
+
+def test_the_shift_is_the_mean_difference_between_fine_and_coarse_values(candidates, ect_coarse):
+    plans = [c.plan for c in candidates if c.trial_number != 99][:2]
+    real = [tuple(constraints(ect_coarse.evaluate(p))) for p in plans]
+    # Coarse values below the fine ones by 0.2 and 0.4 on the first criterion, equal elsewhere.
+    pool = [
+        _c(i, p, 1.0, (r[0] - off, *r[1:])) for i, (p, r, off) in enumerate(
+            zip(plans, real, (0.2, 0.4), strict=True))
+    ]  # fmt: skip
+    levels = TwoFidelity(ect_coarse.evaluate, ect_coarse.evaluate)
+    fine = {plan_identity(p): ect_coarse.evaluate(p) for p in plans}
+    shift = levels.coarse_to_fine_shift(pool, fine)
+    assert shift[0] == pytest.approx(0.3)
+    assert shift[1:] == pytest.approx([0.0] * (len(shift) - 1))
+    # A plan with no fine evaluation, or no coarse values, does not count.
+    assert levels.coarse_to_fine_shift(pool, {plan_identity(plans[0]): None}) == ()
+    bare = [dataclasses.replace(c, constraints=()) for c in pool]
+    assert levels.coarse_to_fine_shift(bare, fine) == ()
+
+
+def test_the_next_round_takes_the_plan_predicted_best_on_the_fine_level(candidates, ect_coarse):
+    """The coarse level was optimistic by the same amount for every plan (as the 2 mm grid is
+    about a sliver of organ): once one round has shown it, the plan that is truly closest to
+    passing is refined next, not the next one in coarse order."""
+    plans = [c.plan for c in candidates if c.trial_number != 99]
+    real = {plan_identity(p): tuple(constraints(ect_coarse.evaluate(p))) for p in plans}
+
+    def excess(p) -> float:
+        return sum(max(v, 0.0) for v in real[plan_identity(p)])
+
+    # Every plan seemed to pass with room on the coarse level; coarse scores rank the plans
+    # that truly fail most first (nearly equal scores: the excess decides).
+    offset = [max(v[i] for v in real.values()) + 0.1 for i in range(len(next(iter(real.values()))))]
+    worst_first = sorted(plans, key=excess, reverse=True)
+    pool = [
+        _c(i, p, 1.0 + 0.01 * i,
+           tuple(v - o for v, o in zip(real[plan_identity(p)], offset, strict=True)))
+        for i, p in enumerate(worst_first)
+    ]  # fmt: skip
+    levels = TwoFidelity(ect_coarse.evaluate, ect_coarse.evaluate, top_k=1)
+    assert levels.pick(pool) == [pool[0]]
+    fine = {plan_identity(pool[0].plan): ect_coarse.evaluate(pool[0].plan)}
+    assert not any(e.passed for e in fine.values())
+    following = levels.next_round(pool, fine, 1)
+    assert following == [pool[-1]]  # the smallest true excess; coarse order would take pool[1]
 
 
 def test_top_k_and_rounds_must_be_positive(ect_coarse):

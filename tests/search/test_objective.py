@@ -14,6 +14,7 @@ from optimizer.search.objective import (
     constraint_names,
     constraints,
     criterion_class,
+    field_headroom,
     objectives,
     outcome,
     score,
@@ -135,3 +136,20 @@ def test_slack_is_the_tightest_required_room_and_says_pass_or_fail(evaluations):
         # Failing a criterion of the field is negative room, passing them all is not.
         assert (room >= 0) == all(r.status == "pass" for r in field)
     assert outcome(evaluations[0]).user_attrs()["slack"] == pytest.approx(slack(evaluations[0]))
+
+
+def test_field_headroom_is_the_organs_threshold_over_their_peak_field(evaluations):
+    headrooms = [field_headroom(e) for e in evaluations]
+    assert all(h is not None for h in headrooms)
+    assert all(a > b for a, b in pairwise(headrooms))  # more field, less headroom
+    for e, h in zip(evaluations, headrooms, strict=True):
+        rectum = e.metrics["structures"]["rectum"]
+        expected = (
+            rectum["thresholds"]["e_irr"]["threshold_min_V_per_cm"]
+            / rectum["field"]["max_V_per_cm"]
+        )
+        assert h == pytest.approx(expected)
+        # Above 1 exactly when no voxel of the rectum reaches its threshold.
+        volume = next(r.value for r in e.results if r.id == "rectum_irreversible")
+        assert (h > 1) == (volume == 0)
+    assert outcome(evaluations[0]).user_attrs()["field_headroom"] == pytest.approx(headrooms[0])
