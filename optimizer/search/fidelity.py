@@ -171,7 +171,7 @@ class TwoFidelity:
     ) -> list[Candidate]:
         """The plans of the next fine round. ``fine``: each plan refined so far (by
         ``plan_identity``) and its fine evaluation (None when it could not be evaluated).
-        None when one passes or ``max_rounds`` rounds ran, else the ``top_k`` best distinct
+        Empty when one passes or ``max_rounds`` rounds ran, else the ``top_k`` best distinct
         plans without a fine evaluation by ``Candidate.predicted_key`` under
         ``coarse_to_fine_shift``."""
         if rounds_done >= self.max_rounds or any(e is not None and e.passed for e in fine.values()):
