@@ -27,12 +27,18 @@ Two picai-10043 searches of 300 trials (2 workers, seeds 1 and 3) show why:
 - IRECT: all nine failed, on lesion coverage and the sphincter. 54 plans were then predicted
   to fail by the same sphincter sliver; the three with the most headroom all passed.
 
+When the rounds end with no passing plan, a last round (``backoff``, with a voltage step
+given) evaluates the best refined plan that fails only organ-at-risk or heat limits at a few
+lower fractions of its voltages (optimizer.search.backoff), as a planner would turn the
+voltage down by hand.
+
 The two levels are plain callables ``Plan -> PlanEvaluation`` (e.g. ``PlanEvaluator.evaluate``
 of two evaluators), so a Ray actor, a cache or a test can stand behind either.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +46,7 @@ from typing import Any
 
 from optimizer.evaluate.evaluation import PlanEvaluation
 from optimizer.evaluate.plan import Plan, PlanError
+from optimizer.search.backoff import DEFAULT_FACTORS, lowerable, lowered
 from optimizer.search.objective import ScoreBreakdown, constraints, ranking_key, score
 from optimizer.search.settings import ScoreWeights, load_score_weights
 
@@ -74,6 +81,8 @@ class Candidate:
     constraints: tuple[float, ...] = ()
     # Organs' threshold / peak field on the coarse level (objective.field_headroom).
     headroom: float | None = None
+    # Below 1: the trial's plan with every voltage lowered to this fraction (search.backoff).
+    voltage_factor: float = 1.0
 
     @property
     def key(self) -> tuple[int, float]:
@@ -141,6 +150,10 @@ class TwoFidelity:
     top_k: int = DEFAULT_TOP_K
     weights: ScoreWeights = field(default_factory=load_score_weights)
     max_rounds: int = DEFAULT_MAX_ROUNDS
+    # The generator's voltage step: when given, a last round tries the best plan that fails
+    # only organ or heat limits at lower voltage (search.backoff); None: no such round.
+    voltage_step_V: float | None = None
+    backoff_factors: tuple[float, ...] = DEFAULT_FACTORS
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -202,6 +215,41 @@ class TwoFidelity:
             return ()
         return tuple(sum(column) / len(shifts) for column in zip(*shifts, strict=True))
 
+    def backoff(
+        self, candidates: Sequence[Candidate], fine: Mapping[str, PlanEvaluation | None]
+    ) -> list[Candidate]:
+        """The last round when no refined plan passes: the refined plan that fails only organ
+        or heat limits, and by least (then the best scoring), at each of ``backoff_factors``
+        of its voltages (distinct plans only). Empty when back-off is off, a plan passes or
+        none qualifies. Least excess, not best score: a cheaper plan further over an organ's
+        limit needs its voltage lowered further, and its coverage may not last that long."""
+        if self.voltage_step_V is None or any(e is not None and e.passed for e in fine.values()):
+            return []
+        by_identity = {plan_identity(c.plan): c for c in reversed(candidates)}
+        sources = [
+            (
+                sum(max(v, 0.0) for v in constraints(e, self.weights)),
+                score(e, self.weights).total, c.trial_number, key,
+            )
+            for key, e in fine.items()
+            if e is not None and lowerable(e)
+            and (c := by_identity.get(key)) is not None and c.voltage_factor == 1.0
+        ]  # fmt: skip
+        if not sources:
+            return []
+        source = by_identity[min(sources)[-1]]
+        seen = {plan_identity(source.plan)}
+        out: list[Candidate] = []
+        for factor in self.backoff_factors:
+            plan = lowered(
+                source.plan, factor, self.voltage_step_V, f"trial {source.trial_number}'s plan"
+            )
+            identity = plan_identity(plan)
+            if identity not in seen:
+                seen.add(identity)
+                out.append(dataclasses.replace(source, plan=plan, voltage_factor=factor))
+        return out
+
     def refine(
         self,
         candidates: Sequence[Candidate],
@@ -210,7 +258,7 @@ class TwoFidelity:
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Refined]:
         """Fine evaluations of ``pick(candidates)``, then of further rounds (``next_round``)
-        while none passes; best first.
+        while none passes, then of ``backoff`` variants if still none passes; best first.
 
         Candidates are evaluated in coarse order until one evaluates; further ones only while
         ``time.monotonic()`` is before ``deadline`` and ``should_stop`` says go on, so a stopped
@@ -233,7 +281,16 @@ class TwoFidelity:
                 out.append(self._refine_one(c))
             rounds += 1
             batch = self.next_round(candidates, fine_results(out), rounds)
-        return sorted(out, key=lambda r: (r.key, r.candidate.key, r.candidate.trial_number))
+        for c in self.backoff(candidates, fine_results(out)) if go_on() else []:
+            if not go_on():
+                break
+            out.append(self._refine_one(c))
+        return sorted(
+            out,
+            key=lambda r: (
+                r.key, r.candidate.key, r.candidate.trial_number, -r.candidate.voltage_factor
+            ),
+        )  # fmt: skip
 
     def _refine_one(self, c: Candidate) -> Refined:
         started = time.perf_counter()

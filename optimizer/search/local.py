@@ -30,6 +30,7 @@ from optimizer.evaluate.evaluation import PlanEvaluation
 from optimizer.evaluate.evaluator import PlanEvaluator
 from optimizer.evaluate.plan import Plan, PlanError
 from optimizer.evaluate.protocol import Protocol
+from optimizer.search.backoff import backoff_notes
 from optimizer.search.fidelity import DEFAULT_TOP_K, Evaluate, Refined, TwoFidelity
 from optimizer.search.objective import ScoreBreakdown, ranking_key
 from optimizer.search.samplers import DEFAULT_MULTI_OBJECTIVE_SAMPLER, DEFAULT_SAMPLER, make_sampler
@@ -117,6 +118,8 @@ class SearchResult:
     seed: int | None
     pareto: list[ParetoPoint] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Below 1: trial ``trial_number``'s plan with every voltage lowered (search.backoff).
+    voltage_factor: float = 1.0
 
     @property
     def passed(self) -> bool:
@@ -130,8 +133,11 @@ class SearchResult:
         return [UnmetCriterion.of(r) for r in failing]
 
     def summary(self) -> str:
+        lowered = (
+            f" at {100 * self.voltage_factor:g} % voltage" if self.voltage_factor < 1 else ""
+        )
         head = (
-            f"{'PASS' if self.passed else 'FAIL'}: trial {self.trial_number} of "
+            f"{'PASS' if self.passed else 'FAIL'}: trial {self.trial_number}{lowered} of "
             f"{self.trials_in_study}, {len(self.plan.needles)} needles, "
             f"{len(self.plan.pairs)} pairs, score {self.score.total:.4g} (fine); "
             f"{self.trials_run} trials in {self.elapsed_s:.1f} s, stopped by {self.stopped_by}"
@@ -151,6 +157,7 @@ class SearchResult:
             "unmet": [u.__dict__ for u in self.unmet],
             "trial_number": self.trial_number,
             "params": self.params,
+            "voltage_factor": self.voltage_factor,
             "coarse_score": self.coarse_score,
             "trials_run": self.trials_run,
             "trials_in_study": self.trials_in_study,
@@ -225,7 +232,10 @@ def run_search(
         evaluate_coarse = PlanEvaluator(case_coarse, protocol, nonlinear=False).evaluate
     if evaluate_fine is None:
         evaluate_fine = PlanEvaluator(case_fine, protocol, nonlinear=True).evaluate
-    levels = TwoFidelity(evaluate_coarse, evaluate_fine, top_k=refine_top_k, weights=w)
+    levels = TwoFidelity(
+        evaluate_coarse, evaluate_fine, top_k=refine_top_k, weights=w,
+        voltage_step_V=space.settings.voltage_step_V,
+    )  # fmt: skip
     if isinstance(sampler, BaseSampler):
         chosen, sampler_name = sampler, type(sampler).__name__
     else:
@@ -361,7 +371,8 @@ def run_search(
         sampler=sampler_name,
         seed=seed,
         pareto=pareto,
-        notes=notes,
+        notes=notes + backoff_notes(c.trial_number, c.voltage_factor),
+        voltage_factor=c.voltage_factor,
     )
     report("done")
     return result

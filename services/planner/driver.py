@@ -70,6 +70,7 @@ from optimizer.evaluate.evaluation import PlanEvaluation
 from optimizer.evaluate.evaluator import DEFAULT_CACHE_BYTES, EvaluatedPlan, PlanEvaluator
 from optimizer.evaluate.plan import Plan, PlanError
 from optimizer.evaluate.protocol import Protocol
+from optimizer.search.backoff import backoff_notes
 from optimizer.search.fidelity import DEFAULT_TOP_K, Candidate, TwoFidelity, plan_identity
 from optimizer.search.local import (
     ParetoPoint,
@@ -639,7 +640,14 @@ class DistributedSearch:
 
         # Each round's plans are evaluated in parallel on the actors; refine() below then
         # replays exactly the rounds that ran, reading their results.
-        levels = TwoFidelity(_unused, fine, top_k=self.refine_top_k, weights=self.weights)
+        levels = TwoFidelity(
+            _unused, fine, top_k=self.refine_top_k, weights=self.weights,
+            voltage_step_V=self.space.settings.voltage_step_V,
+        )  # fmt: skip
+
+        def fine_so_far() -> dict[str, PlanEvaluation | None]:
+            return {k: None if isinstance(v, str) else v for k, v in results.items()}
+
         picked, rounds = levels.pick(candidates), 0
         while picked:
             got = self._fine_evaluations(picked)
@@ -649,11 +657,16 @@ class DistributedSearch:
             rounds += 1
             if self._late():
                 break
-            fine_so_far = {
-                key: None if isinstance(found, str) else found for key, found in results.items()
-            }
-            picked = levels.next_round(candidates, fine_so_far, rounds)
+            picked = levels.next_round(candidates, fine_so_far(), rounds)
         levels.max_rounds = max(rounds, 1)
+        lowered = [] if self._late() else levels.backoff(candidates, fine_so_far())
+        if lowered:
+            got = self._fine_evaluations(lowered)
+            if got is None:
+                return self._cancel()
+            results.update(got)
+        else:
+            levels.voltage_step_V = None  # the replay below runs no back-off round either
         # refine() timed the look-up; report the workers' evaluation time instead.
         refined = [
             dataclasses.replace(
@@ -683,7 +696,8 @@ class DistributedSearch:
             sampler=self.sampler_name,
             seed=self.seed,
             pareto=self._pareto(pool_trials),
-            notes=self._notes(),
+            notes=self._notes() + backoff_notes(c.trial_number, c.voltage_factor),
+            voltage_factor=c.voltage_factor,
         )
 
     def _fine_evaluations(

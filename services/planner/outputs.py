@@ -89,12 +89,14 @@ def search_document(result: SearchResult, search: DistributedSearch) -> dict[str
             "score": result.score.total,
             "score_parts": result.score.to_dict(),
             "coarse_score": result.coarse_score,
+            "voltage_factor": result.voltage_factor,
             "confirmed_on_fine_grid": bool(result.refined),
             "params": result.params,
         },
         "refined": [
             {
                 "trial": r.candidate.trial_number,
+                "voltage_factor": r.candidate.voltage_factor,
                 "coarse_score": r.candidate.coarse_score,
                 "fine_score": None if r.score is None else r.score.total,
                 "passed": None if r.evaluation is None else r.evaluation.passed,

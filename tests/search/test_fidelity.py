@@ -12,6 +12,8 @@ from optimizer.search.objective import constraints, score, slack
 from optimizer.search.seeding import geometric_seeds
 from optimizer.search.space import SearchSpace
 
+from .fine_levels import organ_limited, passing_only
+
 
 @pytest.fixture(scope="module")
 def candidates(phantom_case, ect, ect_coarse):
@@ -86,22 +88,6 @@ def test_a_plan_the_fine_level_refuses_is_kept_with_its_error(candidates, ect_co
     refined = levels.refine(candidates)
     assert refined[0].evaluation is not None
     assert refined[-1].error == "needle 0 outside the fine grid"
-
-
-def passing_only(evaluate, keep: set[str]):
-    """A fine level on which exactly the plans in ``keep`` pass: the others fail a required
-    criterion (as the coarse grid's misjudged heat or organ sliver can on the fine one)."""
-
-    def fine(plan):
-        e = evaluate(plan)
-        status = "pass" if plan_identity(plan) in keep else "fail"
-        results = [
-            dataclasses.replace(r, status=status) if r.severity == "required" else r
-            for r in e.results
-        ]
-        return dataclasses.replace(e, results=results)
-
-    return fine
 
 
 def test_further_rounds_run_until_a_plan_passes(candidates, ect_coarse):
@@ -226,3 +212,49 @@ def test_top_k_and_rounds_must_be_positive(ect_coarse):
         TwoFidelity(ect_coarse.evaluate, ect_coarse.evaluate, top_k=0)
     with pytest.raises(ValueError, match="max_rounds"):
         TwoFidelity(ect_coarse.evaluate, ect_coarse.evaluate, max_rounds=0)
+
+
+def test_a_plan_failing_an_organ_limit_is_returned_at_the_voltage_that_spares_it(
+    candidates, ect_coarse
+):
+    one = candidates[0]
+    top = max(p.voltage_V for p in one.plan.pairs)
+    fine = organ_limited(ect_coarse.evaluate, 0.93 * top)
+    levels = TwoFidelity(ect_coarse.evaluate, fine, top_k=1, voltage_step_V=10.0)
+    refined = levels.refine([one])
+    assert sorted(r.candidate.voltage_factor for r in refined if not r.evaluation.passed) == [
+        0.95, 0.98, 1.0
+    ]
+    best = refined[0]
+    assert best.evaluation.passed and best.candidate.voltage_factor in (0.92, 0.88)
+    assert best.candidate.trial_number == one.trial_number
+    assert max(p.voltage_V for p in best.candidate.plan.pairs) <= 0.93 * top
+    # Without a voltage step there is no back-off round.
+    plain = dataclasses.replace(levels, voltage_step_V=None).refine([one])
+    assert len(plain) == 1 and not plain[0].evaluation.passed
+
+
+def test_backoff_lowers_the_best_plan_that_fails_only_organ_or_heat_limits(
+    candidates, ect_coarse
+):
+    distinct = [c for c in candidates if c.trial_number != 99]
+    levels = TwoFidelity(ect_coarse.evaluate, ect_coarse.evaluate, voltage_step_V=10.0)
+    organ = organ_limited(ect_coarse.evaluate, 1.0)  # every plan fails the organ limit
+    fine = {plan_identity(c.plan): organ(c.plan) for c in distinct}
+    lowered = levels.backoff(distinct, fine)
+    assert [c.voltage_factor for c in lowered] == list(levels.backoff_factors)
+    def excess_then_score(c: Candidate) -> tuple[float, float, int]:
+        e = fine[plan_identity(c.plan)]
+        return sum(max(v, 0.0) for v in constraints(e)), score(e).total, c.trial_number
+
+    # The plan over its limits by least is lowered, not the best scoring one.
+    source = min(distinct, key=excess_then_score)
+    assert source != min(distinct, key=lambda c: score(fine[plan_identity(c.plan)]).total)
+    assert {c.trial_number for c in lowered} == {source.trial_number}
+    # Nothing when a plan passes, when the failures include coverage, or when turned off.
+    passing = passing_only(ect_coarse.evaluate, {plan_identity(distinct[0].plan)})
+    assert levels.backoff(distinct, {**fine, "p": passing(distinct[0].plan)}) == []
+    covered = passing_only(ect_coarse.evaluate, set())  # fails coverage among others
+    uncovered = {plan_identity(c.plan): covered(c.plan) for c in distinct}
+    assert levels.backoff(distinct, uncovered) == []
+    assert dataclasses.replace(levels, voltage_step_V=None).backoff(distinct, fine) == []
