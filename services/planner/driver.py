@@ -39,7 +39,9 @@ re-evaluation runs (always for the best candidate, the others only while in time
 Cancellation (``cancel_event`` set, or Ctrl-C) kills the actors at once, tells the trials in
 flight FAIL and returns within a poll interval plus the tells: the result is then the best
 *coarse* evaluation of this run, without fine confirmation (``stopped_by`` is "cancelled" and
-``notes`` says so), or ``SearchCancelledError`` when nothing was evaluated yet.
+``notes`` says so), or ``SearchCancelledError`` when nothing was evaluated yet. Ctrl-C in the
+main thread sets ``cancel_event`` (``_ctrl_c_cancels``); a second Ctrl-C raises
+KeyboardInterrupt, which cancels the same way from work that does not poll the event.
 """
 
 from __future__ import annotations
@@ -48,13 +50,14 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import optuna
@@ -158,6 +161,32 @@ class RunStats:
     @property
     def trials_per_s(self) -> float:
         return self.trials_told / self.explore_s if self.explore_s > 0 else 0.0
+
+
+@contextlib.contextmanager
+def _ctrl_c_cancels(event: threading.Event) -> Iterator[None]:
+    """While a search runs in the main thread, Ctrl-C (SIGINT) sets ``event``; a second one
+    raises KeyboardInterrupt as usual.
+
+    Why not let KeyboardInterrupt do it: Python raises it wherever the main thread is when the
+    signal is handled, and one raised inside a finaliser (``__del__``, a weakref callback, as
+    Ray's object references run them) is printed and dropped, so a search could go on as if
+    Ctrl-C had never been pressed. Setting the event cannot be lost; the loops poll it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only; there the caller's event cancels
+        return
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _actor_key(worker: Worker) -> tuple[int, int]:
@@ -364,6 +393,10 @@ class DistributedSearch:
         def stop_start() -> bool:
             return self._cancelled() or self._late()
 
+        with _ctrl_c_cancels(self.cancel_event):
+            return self._run(stop_start)
+
+    def _run(self, stop_start: Callable[[], bool]) -> SearchResult:
         try:
             if not self._prepared:
                 self._report("start", "building the planning grids")

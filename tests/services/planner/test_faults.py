@@ -14,7 +14,12 @@ from optuna.trial import TrialState
 
 from optimizer.search.local import SearchProgress
 from optimizer.search.study import ERROR_ATTR
-from services.planner.driver import WORKER_ATTR, DistributedSearch, SearchCancelledError
+from services.planner.driver import (
+    WORKER_ATTR,
+    DistributedSearch,
+    SearchCancelledError,
+    _ctrl_c_cancels,
+)
 from services.planner.progress import ClusterProgress
 from tests.services.planner.conftest import QUICK
 
@@ -112,18 +117,46 @@ def test_cancellation_stops_within_two_seconds_and_keeps_completed_trials(
 
 
 def test_ctrl_c_cancels_like_the_event(ray_cluster, lesion, ect):
-    search = DistributedSearch(lesion, ect, trials=100_000, workers=1, **QUICK)
+    # The time limit only keeps a broken cancellation from running for ever.
+    search = DistributedSearch(lesion, ect, trials=100_000, time_limit_s=120, workers=1, **QUICK)
     seen: list[float] = []
+    before = signal.getsignal(signal.SIGINT)
 
     def interrupt_after_three(p: SearchProgress) -> None:
         if p.trials_done >= 3 and not seen:
             seen.append(time.monotonic())
-            _thread.interrupt_main()  # what Ctrl-C does: KeyboardInterrupt in the main thread
+            _thread.interrupt_main()  # what Ctrl-C does: SIGINT handled in the main thread
 
     result = search.run(on_progress=interrupt_after_three)
     assert time.monotonic() - seen[0] < 2.0
     assert result.stopped_by == "cancelled" and result.trials_run >= 3
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
     search.close()
+
+
+def test_ctrl_c_sets_the_event_once_then_interrupts_and_only_in_the_main_thread():
+    event = threading.Event()
+    before = signal.getsignal(signal.SIGINT)
+    with _ctrl_c_cancels(event):
+        _thread.interrupt_main()
+        time.sleep(0.01)  # the handler runs here, in the main thread, without raising
+        assert event.is_set()
+        # A second Ctrl-C stops work that does not poll the event (building grids, say).
+        with pytest.raises(KeyboardInterrupt):
+            _thread.interrupt_main()
+            time.sleep(0.01)
+    assert signal.getsignal(signal.SIGINT) is before
+    # Elsewhere than the main thread nothing is installed (signals reach the main thread).
+    seen: list[object] = []
+
+    def in_thread() -> None:
+        with _ctrl_c_cancels(threading.Event()):
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
+    assert seen == [before]
 
 
 def test_cancelling_before_anything_was_evaluated_says_so(ray_cluster, lesion, ect):
