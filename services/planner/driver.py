@@ -169,9 +169,10 @@ def _ctrl_c_cancels(event: threading.Event) -> Iterator[None]:
     raises KeyboardInterrupt as usual.
 
     Why not let KeyboardInterrupt do it: Python raises it wherever the main thread is when the
-    signal is handled, and one raised inside a finaliser (``__del__``, a weakref callback, as
-    Ray's object references run them) is printed and dropped, so a search could go on as if
-    Ctrl-C had never been pressed. Setting the event cannot be lost; the loops poll it.
+    signal is handled. One raised inside a finaliser (``__del__``, a weakref callback, as Ray's
+    object references run them) is printed and dropped. Once, a search in CI went on as if
+    Ctrl-C had never been pressed, most likely for that reason. Setting the event cannot be
+    lost; the loops poll it.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # signals reach the main thread only; there the caller's event cancels
