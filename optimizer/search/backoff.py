@@ -1,16 +1,17 @@
 """Lower the voltage of a plan that fails only organ or heat limits on the fine grid.
 
-When no refined plan passes every required criterion, the best of them that fails only
-organ-at-risk or heat criteria is evaluated again at lower voltage: every pair's voltage times
+When no refined plan passes every required criterion, the one that fails only organ-at-risk or
+heat criteria, and by least, is evaluated again at lower voltage: every pair's voltage times
 each of ``DEFAULT_FACTORS``, snapped down to the generator's step. Lower voltage shrinks the
 field everywhere. A sliver of organ over its threshold, or a degree over a heat limit, goes
 first; the target's coverage shrinks too, which the fine evaluation checks. A planner does the
 same by hand. A plan failing coverage is left alone: it needs more field, not less.
 
-Why: on picai-10043 (300 trials, 2 workers, seed 2) no refined plan passed. The best IRECT plan
-failed the sphincter by a sliver and passed at 90 % of its voltages. The best ECT plan failed the
-50 degC limit by 0.02 of a scale and had 0.03 of room on coverage; at 95 % its coverage failed
-instead, so the ladder's first step is small.
+Why: on picai-10043 (300 trials, 2 workers, seed 2) no refined plan passed. The IRECT plan
+closest to passing failed the sphincter by a sliver and passed at 92 % and at 88 % of its
+voltages. An ECT plan failed the 50 degC limit by 0.02 of a scale with 0.03 of room on
+coverage; at 95 % its coverage failed instead, so the ladder's first step is small (the search
+then passed at 98 %).
 """
 
 from __future__ import annotations

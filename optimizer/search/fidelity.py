@@ -28,8 +28,8 @@ Two picai-10043 searches of 300 trials (2 workers, seeds 1 and 3) show why:
   to fail by the same sphincter sliver; the three with the most headroom all passed.
 
 When the rounds end with no passing plan, a last round (``backoff``, with a voltage step
-given) evaluates the best refined plan that fails only organ-at-risk or heat limits at a few
-lower fractions of its voltages (optimizer.search.backoff), as a planner would turn the
+given) evaluates the refined plan that fails only organ-at-risk or heat limits, by least, at a
+few lower fractions of its voltages (optimizer.search.backoff), as a planner would turn the
 voltage down by hand.
 
 The two levels are plain callables ``Plan -> PlanEvaluation`` (e.g. ``PlanEvaluator.evaluate``
