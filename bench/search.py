@@ -185,7 +185,8 @@ def run_job(job: Job, settings: Settings) -> Run | None:
         result = run_search(
             coarse, fine, protocol, trials=max(settings.budgets), seed=job.seed,
             sampler=sampler,
-            evaluate_coarse=PlanEvaluator(coarse, protocol, nonlinear=False).evaluate,
+            evaluate_coarse=PlanEvaluator(coarse, protocol, nonlinear=False,
+                                          metrics_detail="search").evaluate,
             evaluate_fine=fine_evaluator.evaluate,
             refine_top_k=settings.refine_k,
             hole_encoding="categorical" if option == "categorical" else "grid",

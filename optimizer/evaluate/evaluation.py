@@ -59,10 +59,12 @@ def evaluate_plan(
     *,
     table: TissueTable | None = None,
     kill_models: KillModels | None = None,
+    metrics_detail: str = "full",
 ) -> PlanEvaluation:
     """Metrics and criteria of ``plan`` from its pairs' solved |E| (V/cm) and currents (A).
 
     Each pair's repetition rate is that of the protocol's default train closest in pulse count.
+    ``metrics_detail="search"``: only the metrics a search ranks by (``compute_metrics``).
     """
     rates = [protocol.pulses.train_for(p.pulses).repetition_rate_Hz for p in plan.pairs]
     exposure = Exposure.from_plan(
@@ -70,5 +72,6 @@ def evaluate_plan(
         kill_models=kill_models,
     )  # fmt: skip
     return PlanEvaluation(
-        plan, protocol, compute_metrics(exposure), evaluate_criteria(protocol, exposure, plan)
+        plan, protocol, compute_metrics(exposure, detail=metrics_detail),
+        evaluate_criteria(protocol, exposure, plan),
     )

@@ -7,6 +7,8 @@ The evaluator owns the conductivity map of a planning grid and a cache of pair s
 - nonlinear conductivity (sigma(E), the clinical-quality evaluation): one solution per pair
   geometry and voltage, warm-started from the scaled unit solution.
 Re-evaluating a plan after one needle moved therefore solves only the pairs that include it.
+An exploration evaluator (``metrics_detail="search"``) computes only the metrics a search ranks
+plans by (``optimizer.evaluate.metrics``); its criteria are the same.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from optimizer.case import PreparedCase
 from optimizer.electrodes import NeedleVoxels, check_path, voxelise
 from optimizer.evaluate.criteria import CriterionResult
 from optimizer.evaluate.evaluation import PlanEvaluation, evaluate_plan
+from optimizer.evaluate.metrics import METRICS_DETAILS
 from optimizer.evaluate.plan import Plan, PlanError
 from optimizer.evaluate.protocol import Protocol
 from optimizer.field import Electrode, FieldSolver, PairSolution, UnitSolution
@@ -81,8 +84,14 @@ class PlanEvaluator:
         backend: str = "auto",
         table: TissueTable | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        metrics_detail: str = "full",
     ) -> None:
+        if metrics_detail not in METRICS_DETAILS:
+            raise ValueError(
+                f"metrics_detail must be one of {METRICS_DETAILS}, not {metrics_detail!r}"
+            )
         self.case = case
+        self.metrics_detail = metrics_detail
         self.anatomy = case.planning
         self.protocol = protocol
         self.nonlinear = nonlinear
@@ -225,7 +234,7 @@ class PlanEvaluator:
         evaluation = evaluate_plan(
             plan, self.protocol, self.anatomy,
             [s.field_V_per_cm for s in solutions], [s.current_A for s in solutions],
-            table=self.table,
+            table=self.table, metrics_detail=self.metrics_detail,
         )
         evaluation = dataclasses.replace(
             evaluation, results=[*self.path_results(plan), *evaluation.results]

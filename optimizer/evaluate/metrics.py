@@ -25,6 +25,13 @@ Layout (``METRICS_SCHEMA``)::
 
 Fractions are 0..1 (criteria report percent). Values that do not exist (an empty structure, a
 tissue without thresholds, an unknown current) are None.
+
+``detail="search"`` (``METRICS_DETAILS``) keeps only what ranking a plan reads besides its
+criteria: the totals, the pairs and, per structure, kind, role, tissue, volume, peak and mean
+field and each threshold's range; no histograms, percentiles, kill or heat per structure, no
+coverage figures (the criteria carry those). Why: the full set took about half of a coarse
+evaluation with cached pairs, and an exploration trial's metrics are never shown or written;
+the plan a search returns is evaluated again in full. Such a dict says ``"detail": "search"``.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from optimizer.evaluate.histograms import (
 from optimizer.tissue.thresholds import THRESHOLD_NAMES
 
 METRICS_SCHEMA = "ectplan.metrics/1"
+METRICS_DETAILS = ("full", "search")
 DEFAULT_COVERED_PERCENTS = (98, 95, 50)
 # The robust peak: the field the hottest 0.1 ml receives (brachytherapy's D0.1cc convention).
 DEFAULT_HOTTEST_ML = 0.1
@@ -150,6 +158,27 @@ def structure_metrics(
     }
 
 
+def search_structure_metrics(exposure: Exposure, region: Region) -> dict[str, Any]:
+    """A structure's volume, peak and mean field and threshold ranges (``detail="search"``)."""
+    e = exposure.max_field_in(region)
+    empty = region.voxel_count == 0
+    thresholds: dict[str, Any] = {}
+    for name in THRESHOLD_NAMES:
+        span = None if empty else exposure.threshold_range(region, name)
+        thresholds[name] = {
+            "threshold_min_V_per_cm": None if span is None else span[0],
+            "threshold_max_V_per_cm": None if span is None else span[1],
+        }
+    return {
+        "volume_ml": region.volume_ml,
+        "field": {
+            "max_V_per_cm": None if empty else float(e.max()),
+            "mean_V_per_cm": None if empty else float(e.mean(dtype=np.float64)),
+        },
+        "thresholds": thresholds,
+    }
+
+
 def pair_metrics(exposure: Exposure) -> list[dict[str, Any]]:
     rows = []
     for i, p in enumerate(exposure.pairs):
@@ -185,8 +214,12 @@ def compute_metrics(
     hottest_ml: float = DEFAULT_HOTTEST_ML,
     kill_level: float = DEFAULT_KILL_LEVEL,
     needle_vicinity_mm: float = DEFAULT_NEEDLE_VICINITY_MM,
+    detail: str = "full",
 ) -> dict[str, Any]:
-    """Every structure's field, threshold, kill and heat figures, plus pair and plan totals."""
+    """Every structure's field, threshold, kill and heat figures, plus pair and plan totals
+    (``detail="search"``: the subset a search ranks plans by; see the module docstring)."""
+    if detail not in METRICS_DETAILS:
+        raise ValueError(f"metrics detail must be one of {METRICS_DETAILS}, not {detail!r}")
     axis = field_axis_V_per_cm() if axis_V_per_cm is None else np.asarray(axis_V_per_cm, float)
     away = ~exposure.near_needles(needle_vicinity_mm)
     rise = exposure.heat.temperature_rise_K
@@ -199,15 +232,19 @@ def compute_metrics(
             "role": s.role.value,
             "tissue": s.tissue,
             "modelled": s.modelled,
-        } | structure_metrics(
-            exposure, region, axis, covered_percents=covered_percents, hottest_ml=hottest_ml,
-            kill_level=kill_level, away_from_needles=away,
+        } | (
+            structure_metrics(
+                exposure, region, axis, covered_percents=covered_percents,
+                hottest_ml=hottest_ml, kill_level=kill_level, away_from_needles=away,
+            )
+            if detail == "full"
+            else search_structure_metrics(exposure, region)
         )  # fmt: skip
     pairs = pair_metrics(exposure)
     energies = [p["energy_J"] for p in pairs]
     total_pulses = sum(p.pulses for p in exposure.pairs)
     grid = exposure.grid
-    return {
+    out: dict[str, Any] = {
         "schema": METRICS_SCHEMA,
         "research_use_notice": RESEARCH_USE_NOTICE,
         "tissue_table": exposure.table.label,
@@ -240,3 +277,7 @@ def compute_metrics(
         "field_volume_histogram_axis_V_per_cm": [float(x) for x in axis],
         "structures": structures,
     }
+    if detail != "full":
+        del out["field_volume_histogram_axis_V_per_cm"]
+        out["detail"] = detail
+    return out

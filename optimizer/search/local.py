@@ -229,7 +229,9 @@ def run_search(
         voltage_mode=voltage_mode,
     )
     if evaluate_coarse is None:
-        evaluate_coarse = PlanEvaluator(case_coarse, protocol, nonlinear=False).evaluate
+        evaluate_coarse = PlanEvaluator(
+            case_coarse, protocol, nonlinear=False, metrics_detail="search"
+        ).evaluate
     if evaluate_fine is None:
         evaluate_fine = PlanEvaluator(case_fine, protocol, nonlinear=True).evaluate
     levels = TwoFidelity(

@@ -196,7 +196,7 @@ class LocalSearchRunner:
         cancel_event: threading.Event,
     ) -> RunOutcome:
         coarse, fine = prepare_cases(job.anatomy, job.grid_spacing_mm, job.target_scope)
-        coarse_eval = PlanEvaluator(coarse, job.protocol, nonlinear=False)
+        coarse_eval = PlanEvaluator(coarse, job.protocol, nonlinear=False, metrics_detail="search")
         fine_eval = PlanEvaluator(fine, job.protocol, nonlinear=True)
         tracker = _ImprovementTracker(on_event)
         seed_plans = list(job.seed_plans)

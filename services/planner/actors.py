@@ -113,7 +113,7 @@ class EvaluatorWorker:
         self.coarse_case, self.fine_case = spec.prepare(anatomy)
         self.coarse = PlanEvaluator(
             self.coarse_case, protocol, nonlinear=False, backend=backend, table=table,
-            cache_bytes=cache_bytes,
+            cache_bytes=cache_bytes, metrics_detail="search",
         )  # fmt: skip
         self._fine: PlanEvaluator | None = None  # built on first use: most actors never need it
         ready = time.perf_counter()

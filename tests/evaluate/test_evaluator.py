@@ -100,3 +100,19 @@ def test_needle_through_an_organ_is_flagged_with_the_organ(case):
     paths = next(r for r in evaluation.results if r.id == "insertion_paths")
     assert paths.status == "fail"
     assert "urethra" in paths.description and "needle 0" in paths.description
+
+
+def test_an_exploration_evaluator_computes_the_search_metrics_with_the_same_criteria(case):
+    plan = square_plan("ect", 1100.0, 8, 5.0)
+    full = PlanEvaluator(case, load_protocol("ect"), nonlinear=False).evaluate(plan)
+    lean = PlanEvaluator(
+        case, load_protocol("ect"), nonlinear=False, metrics_detail="search"
+    ).evaluate(plan)
+    assert lean.metrics["detail"] == "search"
+    for name, structure in lean.metrics["structures"].items():
+        assert "field_volume_histogram_fraction" not in structure, name
+        assert "field_volume_histogram_fraction" in full.metrics["structures"][name], name
+    assert lean.metrics["totals"] == full.metrics["totals"]
+    assert [r.to_dict() for r in lean.results] == [r.to_dict() for r in full.results]
+    with pytest.raises(ValueError, match="metrics_detail"):
+        PlanEvaluator(case, load_protocol("ect"), metrics_detail="brief")

@@ -130,3 +130,42 @@ def test_metrics_of_a_200_cubed_grid_with_15_pairs():
     assert gland["thresholds"]["e_rev"]["coverage_fraction"] == np.mean(inside <= 14.0)
     assert gland["thresholds"]["e_rev"]["min_pulses_above"] == 0
     assert out["totals"]["pulses"] == 15 * 90
+
+
+def _search_and_full(case):
+    field = np.broadcast_to(100.0 * np.arange(10)[:, None, None], SHAPE).astype(np.float32)
+    plan = two_needle_plan(spacing_mm=10.0, centre_mm=(9.0, 9.0))
+    exposure = Exposure.from_plan(plan, case, [field], [20.0])
+    return compute_metrics(exposure, detail="search"), compute_metrics(exposure)
+
+
+def test_search_detail_is_the_full_metrics_without_the_reporting_figures(case):
+    search, full = _search_and_full(case)
+    assert search["detail"] == "search" and "detail" not in full
+    assert "field_volume_histogram_axis_V_per_cm" not in search
+    for key in ("schema", "research_use_notice", "tissue_table", "pairs", "totals", "grid"):
+        assert search[key] == full[key]
+    assert search["structures"].keys() == full["structures"].keys()
+    for name, lean in search["structures"].items():
+        whole = full["structures"][name]
+        assert set(lean) == {"kind", "role", "tissue", "modelled", "volume_ml", "field",
+                             "thresholds"}  # fmt: skip
+        assert lean["volume_ml"] == whole["volume_ml"]
+        assert lean["field"] == {k: whole["field"][k] for k in ("max_V_per_cm", "mean_V_per_cm")}
+        for threshold, summary in lean["thresholds"].items():
+            assert summary == {
+                k: whole["thresholds"][threshold][k]
+                for k in ("threshold_min_V_per_cm", "threshold_max_V_per_cm")
+            }
+    # The empty structure: no field, no thresholds, as in the full set.
+    assert search["structures"]["nvb"]["field"]["max_V_per_cm"] is None
+    json.dumps(search, allow_nan=False)
+
+
+def test_unknown_detail_is_refused(case):
+    exposure = Exposure.from_plan(
+        two_needle_plan(spacing_mm=10.0, centre_mm=(9.0, 9.0)), case,
+        [np.zeros(SHAPE, np.float32)], [20.0],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="detail"):
+        compute_metrics(exposure, detail="brief")

@@ -40,13 +40,15 @@ def case():
     )
 
 
-def evaluate(case, peak_V_per_cm: float) -> PlanEvaluation:
+def evaluate(case, peak_V_per_cm: float, metrics_detail: str = "full") -> PlanEvaluation:
     """A field rising along x to ``peak``: more coverage of the gland and more rectum above
     E_irr as the peak grows (a real evaluation of synthetic fields)."""
     ramp = peak_V_per_cm * (np.arange(SHAPE[0]) + 1) / SHAPE[0]
     field = np.broadcast_to(ramp[:, None, None], SHAPE).astype(np.float32)
     plan = two_needle_plan(protocol="ect", pulses=8, voltage_V=1500.0)
-    return evaluate_plan(plan, load_protocol("ect"), case, [field], [10.0])
+    return evaluate_plan(
+        plan, load_protocol("ect"), case, [field], [10.0], metrics_detail=metrics_detail
+    )
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +155,15 @@ def test_field_headroom_is_the_organs_threshold_over_their_peak_field(evaluation
         volume = next(r.value for r in e.results if r.id == "rectum_irreversible")
         assert (h > 1) == (volume == 0)
     assert outcome(evaluations[0]).user_attrs()["field_headroom"] == pytest.approx(headrooms[0])
+
+
+def test_search_detail_metrics_rank_plans_exactly_as_the_full_ones(case, evaluations):
+    """Exploration evaluations compute only the search's metrics: same score, same headroom,
+    same criteria, same trial attributes."""
+    for peak, full in zip(PEAKS, evaluations, strict=True):
+        lean = evaluate(case, peak, metrics_detail="search")
+        assert lean.metrics["detail"] == "search"
+        assert [r.to_dict() for r in lean.results] == [r.to_dict() for r in full.results]
+        assert score(lean) == score(full)
+        assert field_headroom(lean) == field_headroom(full)
+        assert outcome(lean).user_attrs() == outcome(full).user_attrs()
