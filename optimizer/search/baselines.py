@@ -78,6 +78,9 @@ class GeneticSampler(BaseSampler):
         # Per study: the completed trial numbers seen and their plans' identities. Decoding
         # every evaluated plan at every ask made a long search quadratic.
         self._known: dict[int, tuple[set[int], set[str]]] = {}
+        # Identities of bred children not yet seen evaluated: decoding a plan is most of the
+        # sampler's time per trial, so a child's is not computed a second time in ``_seen``.
+        self._bred: dict[tuple[tuple[str, Any], ...], str] = {}
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -108,9 +111,12 @@ class GeneticSampler(BaseSampler):
             mother = self._tournament(population)
             father = self._tournament(population)
             child = self._mutate(self._crossover(mother.params, father.params))
-            if self._identity(child) not in seen:
+            identity = self._identity(child)
+            if identity not in seen:
                 break
-        return {name: child[name] for name in search_space}
+        out = {name: child[name] for name in search_space}
+        self._bred[_params_key(out)] = identity
+        return out
 
     def sample_independent(
         self,
@@ -173,7 +179,8 @@ class GeneticSampler(BaseSampler):
         for t in done:
             if t.number not in numbers:
                 numbers.add(t.number)
-                identities.add(self._identity(t.params))
+                bred = self._bred.pop(_params_key(t.params), None)
+                identities.add(bred if bred is not None else self._identity(t.params))
         return identities
 
     def _mutate_gene(self, value: Any, dist: BaseDistribution) -> Any:
@@ -194,6 +201,10 @@ class GeneticSampler(BaseSampler):
             k += 1 if self._rng.rand() < 0.5 else -1  # always move at least one step
         top = round((dist.high - dist.low) / dist.step)
         return float(dist.low + min(max(k, 0), top) * dist.step)
+
+
+def _params_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(params.items()))
 
 
 def rank(trial: FrozenTrial) -> tuple[int, float]:

@@ -76,3 +76,12 @@ def test_ga_refuses_several_objectives(space):
     )
     with pytest.raises(ValueError, match="single-objective"):
         study.ask(space.distributions())
+
+
+def test_identities_kept_from_breeding_equal_those_decoded_afresh(space):
+    sampler = GeneticSampler(space, population_size=6, seed=5)
+    study = run(sampler, space, 30)
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    fresh = {GeneticSampler(space, seed=0)._identity(t.params) for t in done}
+    assert sampler._seen(study, done) == fresh
+    assert not sampler._bred  # every bred child was seen evaluated
