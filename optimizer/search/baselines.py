@@ -10,7 +10,7 @@ steady-state and elitist: parents come from the
 best ``population_size`` completed trials (plans that pass every required criterion first,
 then by score), which keeps it stateless, so it works with ask/tell in batches and with a
 persistent study exactly like the Optuna samplers. The first ``population_size`` trials are
-random.
+random (``_random_now``; ectplan's own GA changes that rule, optimizer.search.niching).
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ class GeneticSampler(BaseSampler):
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if search_space.keys() <= t.params.keys()
         ]
-        if len(done) < self.population_size:
-            return {}  # random start: sample_independent fills every parameter
+        if self._random_now(trial, done):
+            return {}  # sample_independent fills every parameter
         population = self._breeding_pool(study, done)
         seen = self._seen(study, done)
         for _ in range(MAX_DUPLICATE_RETRIES):
@@ -117,6 +117,10 @@ class GeneticSampler(BaseSampler):
         out = {name: child[name] for name in search_space}
         self._bred[_params_key(out)] = identity
         return out
+
+    def _random_now(self, trial: FrozenTrial, done: Sequence[FrozenTrial]) -> bool:
+        """Whether ``trial`` is a random plan: the first generation."""
+        return len(done) < self.population_size
 
     def sample_independent(
         self,

@@ -74,3 +74,46 @@ def test_same_seed_same_proposals(space):
 def test_niche_probability_is_checked(space):
     with pytest.raises(ValueError, match="niche_prob"):
         NichedGeneticSampler(space, niche_prob=1.5)
+
+
+class RecordingNichedGA(NichedGeneticSampler):
+    """Records which trial numbers were bred (the rest were random)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.bred: list[int] = []
+
+    def _breeding_pool(self, study, done):
+        self.bred.append(self._asking)
+        return super()._breeding_pool(study, done)
+
+    def sample_relative(self, study, trial, search_space):
+        self._asking = trial.number
+        return super().sample_relative(study, trial, search_space)
+
+
+def seeded_run(space: SearchSpace, passes_from: int | None) -> RecordingNichedGA:
+    """22 trials, the first 5 enqueued seeds; trial numbers from ``passes_from`` on pass."""
+    sampler = RecordingNichedGA(space, population_size=6, niche_prob=0.0, seed=4)
+    study = optuna.create_study(sampler=sampler)
+    seeds = []
+    for s in range(5):
+        probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=s))
+        seeds.append(probe.ask(space.distributions()).params)
+        study.enqueue_trial(seeds[-1])
+    for _ in range(22):
+        trial = study.ask(space.distributions())
+        trial.set_user_attr("passed", passes_from is not None and trial.number >= passes_from)
+        study.tell(trial, float(space.n_needles(trial.params)))
+    assert [t.params for t in study.trials[:5]] == seeds
+    return sampler
+
+
+def test_random_start_interleaves_with_breeding_on_top_of_the_seeds(space):
+    """Population 6: trial 5 completes the first generation; then, while no plan passes, odd
+    trials stay random until 12 plans of its own are evaluated (trial 17); even ones are bred."""
+    assert seeded_run(space, None).bred == [6, 8, 10, 12, 14, 16, 17, 18, 19, 20, 21]
+
+
+def test_once_a_plan_passes_every_child_is_bred(space):
+    assert seeded_run(space, 9).bred == [6, 8, 10, *range(11, 22)]
