@@ -4,8 +4,8 @@ Layout (``METRICS_SCHEMA``)::
 
     schema, research_use_notice, tissue_table, modelled_structures
     grid:    shape, spacing_mm, voxel_volume_ml
-    settings: covered_percents, hottest_volume_ml, kill_level, needle_vicinity_mm,
-              thermal_time_course
+    settings: body_temperature_C, covered_percents, hottest_volume_ml, kill_level,
+              needle_vicinity_mm, thermal_time_course
     pairs[]: index, anode, cathode, voltage_V, pulses, pulse_length_us, repetition_rate_Hz,
              current_A, resistance_ohm, energy_J, peak_field_V_per_cm
     totals:  pulses, energy_J, delivery_time_s, peak_field_V_per_cm, peak_temperature_C,
@@ -255,6 +255,7 @@ def compute_metrics(
             "voxel_volume_ml": grid.voxel_volume_ml,
         },
         "settings": {
+            "body_temperature_C": body,
             "covered_percents": list(covered_percents),
             "hottest_volume_ml": hottest_ml,
             "kill_level": kill_level,

@@ -46,7 +46,7 @@ from typing import Any
 
 from optimizer.evaluate.evaluation import PlanEvaluation
 from optimizer.evaluate.plan import Plan, PlanError
-from optimizer.search.backoff import DEFAULT_FACTORS, lowerable, lowered
+from optimizer.search.backoff import DEFAULT_FACTORS, ladder, lowerable, lowered
 from optimizer.search.objective import ScoreBreakdown, constraints, ranking_key, score
 from optimizer.search.settings import ScoreWeights, load_score_weights
 
@@ -219,9 +219,9 @@ class TwoFidelity:
         self, candidates: Sequence[Candidate], fine: Mapping[str, PlanEvaluation | None]
     ) -> list[Candidate]:
         """The last round when no refined plan passes: the refined plan that fails only organ
-        or heat limits, and by least (then the best scoring), at each of ``backoff_factors``
-        of its voltages (distinct plans only). Empty when back-off is off, a plan passes or
-        none qualifies. Least excess, not best score: a cheaper plan further over an organ's
+        or heat limits, and by least (then the best scoring), at the fractions of its voltages
+        ``backoff.ladder`` picks from ``backoff_factors`` (distinct plans only). Empty when
+        back-off is off, a plan passes or none qualifies. Least excess, not best score: a cheaper plan further over an organ's
         limit needs its voltage lowered further, and its coverage may not last that long."""
         if self.voltage_step_V is None or any(e is not None and e.passed for e in fine.values()):
             return []
@@ -237,10 +237,13 @@ class TwoFidelity:
         ]  # fmt: skip
         if not sources:
             return []
-        source = by_identity[min(sources)[-1]]
+        source_key = min(sources)[-1]
+        source = by_identity[source_key]
+        source_evaluation = fine[source_key]
+        assert source_evaluation is not None
         seen = {plan_identity(source.plan)}
         out: list[Candidate] = []
-        for factor in self.backoff_factors:
+        for factor in ladder(source_evaluation, self.backoff_factors):
             plan = lowered(
                 source.plan, factor, self.voltage_step_V, f"trial {source.trial_number}'s plan"
             )

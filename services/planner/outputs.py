@@ -100,6 +100,16 @@ def search_document(result: SearchResult, search: DistributedSearch) -> dict[str
                 "coarse_score": r.candidate.coarse_score,
                 "fine_score": None if r.score is None else r.score.total,
                 "passed": None if r.evaluation is None else r.evaluation.passed,
+                # What kept a refined plan from being returned, with its margin.
+                "failed_required": (
+                    None
+                    if r.evaluation is None
+                    else {
+                        f.id: f.margin
+                        for f in r.evaluation.failures
+                        if f.severity == "required"
+                    }
+                ),
                 "seconds": r.seconds,
                 "error": r.error,
             }

@@ -57,6 +57,13 @@ def test_plan_writes_the_plan_its_evaluation_and_the_search_record(
     unmet_required = [u["id"] for u in search["unmet"] if u["severity"] == "required"]
     assert sorted(unmet_required) == sorted(metrics["failed_required"])
     assert all(u["margin"] is None or u["margin"] < 0 for u in search["unmet"])
+    # Each refined plan says which required criteria it missed: the returned one as above.
+    returned = next(r for r in search["refined"] if r["trial"] == search["best"]["trial"]
+                    and r["voltage_factor"] == search["best"]["voltage_factor"])  # fmt: skip
+    assert sorted(returned["failed_required"]) == sorted(metrics["failed_required"])
+    for refined in search["refined"]:
+        assert (refined["failed_required"] == {}) == refined["passed"]
+        assert all(m is None or m < 0 for m in refined["failed_required"].values())
     verdict = "meets every required criterion" if metrics["passed"] else "does NOT meet"
     assert verdict in " ".join(printed.split())
     # The journal is read as the module docstring of services.planner.storage tells.
