@@ -221,8 +221,9 @@ class TwoFidelity:
         """The last round when no refined plan passes: the refined plan that fails only organ
         or heat limits, and by least (then the best scoring), at the fractions of its voltages
         ``backoff.ladder`` picks from ``backoff_factors`` (distinct plans only). Empty when
-        back-off is off, a plan passes or none qualifies. Least excess, not best score: a cheaper plan further over an organ's
-        limit needs its voltage lowered further, and its coverage may not last that long."""
+        back-off is off, a plan passes or none qualifies. Least excess, not best score: a
+        cheaper plan further over an organ's limit needs its voltage lowered further, and its
+        coverage may not last that long."""
         if self.voltage_step_V is None or any(e is not None and e.passed for e in fine.values()):
             return []
         by_identity = {plan_identity(c.plan): c for c in reversed(candidates)}
