@@ -61,8 +61,9 @@ def main() -> None:
                 started = time.perf_counter()
                 result = run_search(
                     coarse, fine, protocol, trials=args.trials, seed=seed, seed_plans=seeds,
-                    evaluate_coarse=PlanEvaluator(coarse, protocol, nonlinear=False,
-                                          metrics_detail="search").evaluate,
+                    evaluate_coarse=PlanEvaluator(
+                        coarse, protocol, nonlinear=False, metrics_detail="search"
+                    ).evaluate,
                     evaluate_fine=fine_evaluator.evaluate, refine_top_k=1,
                 )  # fmt: skip
                 ok = [h for h in result.history if h.error is None]

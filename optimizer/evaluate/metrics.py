@@ -29,8 +29,9 @@ tissue without thresholds, an unknown current) are None.
 ``detail="search"`` (``METRICS_DETAILS``) keeps only what ranking a plan reads besides its
 criteria: the totals, the pairs and, per structure, kind, role, tissue, volume, peak and mean
 field and each threshold's range; no histograms, percentiles, kill or heat per structure, no
-coverage figures (the criteria carry those). Why: the full set took about half of a coarse
-evaluation with cached pairs, and an exploration trial's metrics are never shown or written;
+coverage figures (the criteria carry those). Why: with cached pairs a coarse evaluation took
+17.5 ms with the full set and 11.0 ms with this one (prostatex-0000's geometric seeds, one
+thread, both in one process), and an exploration trial's metrics are never shown or written;
 the plan a search returns is evaluated again in full. Such a dict says ``"detail": "search"``.
 """
 
