@@ -397,6 +397,39 @@ class SearchSpace:
             raise SearchSpaceError(f"n_needles {n} is outside {self.n_min}..{self.n_slots}")
         return n
 
+    def voltage_params(self) -> list[str]:
+        """The parameter that sets each pulse train's voltages (ratio or absolute voltage)."""
+        prefix = "ratio" if self.voltage_mode == "ratio" else "voltage"
+        return [f"{prefix}_{t.key}" for t in self.trains]
+
+    def one_step_lower(self, params: Mapping[str, Any], name: str) -> dict[str, Any]:
+        """``params`` with the voltage parameter ``name`` one step lower (unchanged at its
+        lowest value): every pair of that train gets the next lower voltage the space has."""
+        dist = self._distributions.get(name)
+        if name not in self.voltage_params() or not isinstance(dist, FloatDistribution):
+            raise SearchSpaceError(
+                f"{name!r} is not a voltage parameter; the space has {self.voltage_params()}"
+            )
+        assert dist.step is not None  # voltage parameters are stepped (_make_distributions)
+        lower = float(self._get(params, name)) - dist.step
+        return {**params, name: _snap(lower, dist.low, dist.high, dist.step)}
+
+    def without_needle(self, params: Mapping[str, Any], slot: int) -> dict[str, Any]:
+        """``params`` with the needle of ``slot`` taken out: the later used slots move down one
+        place and ``n_needles`` drops by one; global parameters (pairs, voltages, pulses) stay.
+        The slot left unused keeps its old values, which no longer change the plan."""
+        n = self.n_needles(params)
+        if n <= self.n_min or "n_needles" not in self._distributions:
+            raise SearchSpaceError(f"a plan of {n} needles is at the minimum of {self.n_min}")
+        if not 0 <= slot < n:
+            raise SearchSpaceError(f"slot {slot} is not used by a plan of {n} needles")
+        out = dict(params)
+        for k in range(slot, n - 1):
+            for here, there in zip(self._slots[k], self._slots[k + 1], strict=True):
+                out[here] = params[there]
+        out["n_needles"] = n - 1
+        return out
+
     def _wanted_position(self, params: Mapping[str, Any], k: int) -> tuple[float, float]:
         if self.hole_encoding == "grid":
             return float(self._get(params, f"hole_col_{k}")), float(

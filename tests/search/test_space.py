@@ -154,6 +154,55 @@ def test_encoding_snaps_foreign_plans_onto_the_space(space):
     ]
 
 
+@given(data=st.data())
+@SLOW
+def test_a_needle_taken_out_leaves_the_others_and_the_voltages(irect_space, data):
+    params = data.draw(params_strategy(irect_space))
+    n = irect_space.n_needles(params)
+    # Through a plan and back: every slot names its own hole, so none moves when one goes.
+    params = irect_space.encode(irect_space.decode(params))
+    if n <= irect_space.n_min:
+        with pytest.raises(SearchSpaceError, match="minimum"):
+            irect_space.without_needle(params, 0)
+        return
+    slot = data.draw(st.integers(0, n - 1))
+    before = irect_space.decode(params).needles
+    child = irect_space.without_needle(params, slot)
+    assert irect_space.n_needles(child) == n - 1
+    kept = [k for k in range(n) if k != slot]
+    assert irect_space.decode(child).needles == [before[k] for k in kept]
+    for i, k in enumerate(kept):  # a needle keeps its IRE core or ECT margin role
+        assert child[f"core_{i}"] == params[f"core_{k}"]
+    for name in irect_space.global_params():
+        if name != "n_needles":
+            assert child[name] == params[name]
+
+
+def test_a_needle_outside_the_plan_cannot_be_taken_out(space):
+    params = space.complete({"n_needles": 3, "pairs": "all", "ratio_ect": 1100.0})
+    with pytest.raises(SearchSpaceError, match="slot 3 is not used by a plan of 3 needles"):
+        space.without_needle(params, 3)
+
+
+def test_one_step_lower_moves_one_train_down_to_its_floor(irect_space):
+    names = irect_space.voltage_params()
+    assert names == ["ratio_ire_core", "ratio_ect_margin"]
+    dists = irect_space.distributions()
+    core, margin = names
+    params = irect_space.complete(
+        {"n_needles": 3, "pairs": "all", core: dists[core].low + 5 * dists[core].step}
+    )
+    low = irect_space.one_step_lower(params, core)
+    assert low[core] == params[core] - dists[core].step
+    assert {k: v for k, v in low.items() if k != core} == {
+        k: v for k, v in params.items() if k != core
+    }
+    floor = {**params, margin: dists[margin].low}
+    assert irect_space.one_step_lower(floor, margin) == floor
+    with pytest.raises(SearchSpaceError, match="not a voltage parameter"):
+        irect_space.one_step_lower(params, "exposure_0")
+
+
 def test_encoding_refuses_a_plan_with_too_many_needles(space):
     plan = space.decode(space.complete({"n_needles": 6, "pairs": "all", "ratio_ect": 1100.0}))
     big = plan.model_copy(update={"needles": [*plan.needles, plan.needles[0]]})
