@@ -105,8 +105,17 @@ class GeneticSampler(BaseSampler):
         ]
         if self._random_now(trial, done):
             return {}  # sample_independent fills every parameter
+        child, identity = self._child(study, done, self._seen(study, done))
+        out = {name: child[name] for name in search_space}
+        self._bred[_params_key(out)] = identity
+        return out
+
+    def _child(
+        self, study: Study, done: Sequence[FrozenTrial], seen: set[str]
+    ) -> tuple[dict[str, Any], str]:
+        """A child's parameters and plan identity: two tournament parents crossed over and
+        mutated, bred again while it repeats an evaluated plan (``seen``)."""
         population = self._breeding_pool(study, done)
-        seen = self._seen(study, done)
         for _ in range(MAX_DUPLICATE_RETRIES):
             mother = self._tournament(population)
             father = self._tournament(population)
@@ -114,9 +123,7 @@ class GeneticSampler(BaseSampler):
             identity = self._identity(child)
             if identity not in seen:
                 break
-        out = {name: child[name] for name in search_space}
-        self._bred[_params_key(out)] = identity
-        return out
+        return child, identity
 
     def _random_now(self, trial: FrozenTrial, done: Sequence[FrozenTrial]) -> bool:
         """Whether ``trial`` is a random plan: the first generation."""

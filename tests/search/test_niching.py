@@ -74,6 +74,10 @@ def test_same_seed_same_proposals(space):
 def test_niche_probability_is_checked(space):
     with pytest.raises(ValueError, match="niche_prob"):
         NichedGeneticSampler(space, niche_prob=1.5)
+    with pytest.raises(ValueError, match="drop_prob"):
+        NichedGeneticSampler(space, drop_prob=-0.1)
+    with pytest.raises(ValueError, match="lower_prob"):
+        NichedGeneticSampler(space, lower_prob=2.0)
 
 
 class RecordingNichedGA(NichedGeneticSampler):
@@ -94,7 +98,9 @@ class RecordingNichedGA(NichedGeneticSampler):
 
 def seeded_run(space: SearchSpace, passes_from: int | None) -> RecordingNichedGA:
     """22 trials, the first 5 enqueued seeds; trial numbers from ``passes_from`` on pass."""
-    sampler = RecordingNichedGA(space, population_size=6, niche_prob=0.0, seed=4)
+    sampler = RecordingNichedGA(
+        space, population_size=6, niche_prob=0.0, drop_prob=0.0, lower_prob=0.0, seed=4
+    )
     study = optuna.create_study(sampler=sampler)
     seeds = []
     for s in range(5):
@@ -117,3 +123,72 @@ def test_random_start_interleaves_with_breeding_on_top_of_the_seeds(space):
 
 def test_once_a_plan_passes_every_child_is_bred(space):
     assert seeded_run(space, 9).bred == [6, 8, 10, *range(11, 22)]
+
+
+def ask_bred(sampler: NichedGeneticSampler, study: optuna.Study, n: int) -> list[dict]:
+    """The parameters of ``n`` children asked after ``study``'s trials (told as failing)."""
+    study.sampler = sampler
+    out = []
+    for _ in range(n):
+        trial = study.ask(space_of(sampler).distributions())
+        trial.set_user_attr("passed", False)
+        study.tell(trial, 100.0)
+        out.append(trial.params)
+    return out
+
+
+def space_of(sampler: NichedGeneticSampler) -> SearchSpace:
+    return sampler._space
+
+
+def test_a_passing_plan_loses_one_needle(space):
+    """drop_prob 1: every child is one of the best passing plans (here: those of 4 or more
+    needles) with one needle taken out, and no plan is proposed twice."""
+    study = study_with(space, 40, lambda n: n >= 4)
+    passing = [t.params for t in study.trials if t.user_attrs["passed"]]
+    dropped = [
+        space.without_needle(p, k) for p in passing for k in range(space.n_needles(p))
+    ]
+    sampler = NichedGeneticSampler(
+        space, population_size=40, drop_prob=1.0, lower_prob=0.0, seed=1
+    )
+    children = ask_bred(sampler, study, 12)
+    assert all(child in dropped for child in children)
+    assert len({sampler._identity(c) for c in children}) == len(children)
+
+
+def test_no_needle_is_dropped_below_the_minimum_or_before_a_pass(space, monkeypatch):
+    """Only plans at the minimum pass, or none does: every child is bred as by the GA."""
+
+    def never(params, slot):
+        raise AssertionError(f"dropped slot {slot} of {params}")
+
+    monkeypatch.setattr(space, "without_needle", never)
+    for passes in (lambda n: n == space.n_min, lambda n: False):
+        study = study_with(space, 40, passes)
+        sampler = NichedGeneticSampler(space, population_size=20, drop_prob=1.0, seed=1)
+        assert len(ask_bred(sampler, study, 8)) == 8
+
+
+def test_a_passing_plan_gets_a_lower_voltage(space):
+    """lower_prob 1: every child is one of the best passing plans with its voltage-to-distance
+    ratio one step lower, all else kept, and no plan is proposed twice."""
+    study = study_with(space, 40, lambda n: n >= 4)
+    passing = [t.params for t in study.trials if t.user_attrs["passed"]]
+    (name,) = space.voltage_params()
+    step = space.distributions()[name].step
+    sampler = NichedGeneticSampler(space, population_size=40, lower_prob=1.0, seed=2)
+    children = ask_bred(sampler, study, 12)
+    for child in children:
+        assert any(child == {**p, name: p[name] - step} for p in passing), child
+    assert len({sampler._identity(c) for c in children}) == len(children)
+
+
+def test_no_voltage_is_lowered_before_a_plan_passes(space, monkeypatch):
+    def never(params, name):
+        raise AssertionError(f"lowered {name} of {params}")
+
+    monkeypatch.setattr(space, "one_step_lower", never)
+    study = study_with(space, 40, lambda n: False)
+    sampler = NichedGeneticSampler(space, population_size=20, lower_prob=1.0, seed=1)
+    assert len(ask_bred(sampler, study, 8)) == 8
