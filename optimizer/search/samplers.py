@@ -9,8 +9,8 @@
 - ``ga``: the genetic-algorithm baseline (baselines.GeneticSampler; needs the space).
 - ``niche-ga``: that GA with needle-count niches (niching.NichedGeneticSampler): once a plan
   passes, part of the children are bred among plans with fewer needles, and part are a passing
-  plan with one needle taken out or one voltage step lower; its random first generation is
-  interleaved with the refinement of the enqueued seeds instead of being mostly made of them.
+  plan with one needle taken out; its random first generation is interleaved with the
+  refinement of the enqueued seeds instead of being mostly made of them.
 
 CMA-ES and the Gaussian-process sampler need packages that are not in the stack (``cmaes``,
 ``torch``), and CMA-ES fits a mixed, snapped space poorly anyway.

@@ -397,23 +397,6 @@ class SearchSpace:
             raise SearchSpaceError(f"n_needles {n} is outside {self.n_min}..{self.n_slots}")
         return n
 
-    def voltage_params(self) -> list[str]:
-        """The parameter that sets each pulse train's voltages (ratio or absolute voltage)."""
-        prefix = "ratio" if self.voltage_mode == "ratio" else "voltage"
-        return [f"{prefix}_{t.key}" for t in self.trains]
-
-    def one_step_lower(self, params: Mapping[str, Any], name: str) -> dict[str, Any]:
-        """``params`` with the voltage parameter ``name`` one step lower (unchanged at its
-        lowest value): every pair of that train gets the next lower voltage the space has."""
-        dist = self._distributions.get(name)
-        if name not in self.voltage_params() or not isinstance(dist, FloatDistribution):
-            raise SearchSpaceError(
-                f"{name!r} is not a voltage parameter; the space has {self.voltage_params()}"
-            )
-        assert dist.step is not None  # voltage parameters are stepped (_make_distributions)
-        lower = float(self._get(params, name)) - dist.step
-        return {**params, name: _snap(lower, dist.low, dist.high, dist.step)}
-
     def without_needle(self, params: Mapping[str, Any], slot: int) -> dict[str, Any]:
         """``params`` with the needle of ``slot`` taken out: the later used slots move down one
         place and ``n_needles`` drops by one; global parameters (pairs, voltages, pulses) stay.

@@ -76,8 +76,6 @@ def test_niche_probability_is_checked(space):
         NichedGeneticSampler(space, niche_prob=1.5)
     with pytest.raises(ValueError, match="drop_prob"):
         NichedGeneticSampler(space, drop_prob=-0.1)
-    with pytest.raises(ValueError, match="lower_prob"):
-        NichedGeneticSampler(space, lower_prob=2.0)
 
 
 class RecordingNichedGA(NichedGeneticSampler):
@@ -98,9 +96,7 @@ class RecordingNichedGA(NichedGeneticSampler):
 
 def seeded_run(space: SearchSpace, passes_from: int | None) -> RecordingNichedGA:
     """22 trials, the first 5 enqueued seeds; trial numbers from ``passes_from`` on pass."""
-    sampler = RecordingNichedGA(
-        space, population_size=6, niche_prob=0.0, drop_prob=0.0, lower_prob=0.0, seed=4
-    )
+    sampler = RecordingNichedGA(space, population_size=6, niche_prob=0.0, drop_prob=0.0, seed=4)
     study = optuna.create_study(sampler=sampler)
     seeds = []
     for s in range(5):
@@ -149,9 +145,7 @@ def test_a_passing_plan_loses_one_needle(space):
     dropped = [
         space.without_needle(p, k) for p in passing for k in range(space.n_needles(p))
     ]
-    sampler = NichedGeneticSampler(
-        space, population_size=40, drop_prob=1.0, lower_prob=0.0, seed=1
-    )
+    sampler = NichedGeneticSampler(space, population_size=40, drop_prob=1.0, seed=1)
     children = ask_bred(sampler, study, 12)
     assert all(child in dropped for child in children)
     assert len({sampler._identity(c) for c in children}) == len(children)
@@ -169,26 +163,3 @@ def test_no_needle_is_dropped_below_the_minimum_or_before_a_pass(space, monkeypa
         sampler = NichedGeneticSampler(space, population_size=20, drop_prob=1.0, seed=1)
         assert len(ask_bred(sampler, study, 8)) == 8
 
-
-def test_a_passing_plan_gets_a_lower_voltage(space):
-    """lower_prob 1: every child is one of the best passing plans with its voltage-to-distance
-    ratio one step lower, all else kept, and no plan is proposed twice."""
-    study = study_with(space, 40, lambda n: n >= 4)
-    passing = [t.params for t in study.trials if t.user_attrs["passed"]]
-    (name,) = space.voltage_params()
-    step = space.distributions()[name].step
-    sampler = NichedGeneticSampler(space, population_size=40, lower_prob=1.0, seed=2)
-    children = ask_bred(sampler, study, 12)
-    for child in children:
-        assert any(child == {**p, name: p[name] - step} for p in passing), child
-    assert len({sampler._identity(c) for c in children}) == len(children)
-
-
-def test_no_voltage_is_lowered_before_a_plan_passes(space, monkeypatch):
-    def never(params, name):
-        raise AssertionError(f"lowered {name} of {params}")
-
-    monkeypatch.setattr(space, "one_step_lower", never)
-    study = study_with(space, 40, lambda n: False)
-    sampler = NichedGeneticSampler(space, population_size=20, lower_prob=1.0, seed=1)
-    assert len(ask_bred(sampler, study, 8)) == 8

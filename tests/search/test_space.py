@@ -184,25 +184,6 @@ def test_a_needle_outside_the_plan_cannot_be_taken_out(space):
         space.without_needle(params, 3)
 
 
-def test_one_step_lower_moves_one_train_down_to_its_floor(irect_space):
-    names = irect_space.voltage_params()
-    assert names == ["ratio_ire_core", "ratio_ect_margin"]
-    dists = irect_space.distributions()
-    core, margin = names
-    params = irect_space.complete(
-        {"n_needles": 3, "pairs": "all", core: dists[core].low + 5 * dists[core].step}
-    )
-    low = irect_space.one_step_lower(params, core)
-    assert low[core] == params[core] - dists[core].step
-    assert {k: v for k, v in low.items() if k != core} == {
-        k: v for k, v in params.items() if k != core
-    }
-    floor = {**params, margin: dists[margin].low}
-    assert irect_space.one_step_lower(floor, margin) == floor
-    with pytest.raises(SearchSpaceError, match="not a voltage parameter"):
-        irect_space.one_step_lower(params, "exposure_0")
-
-
 def test_encoding_refuses_a_plan_with_too_many_needles(space):
     plan = space.decode(space.complete({"n_needles": 6, "pairs": "all", "ratio_ect": 1100.0}))
     big = plan.model_copy(update={"needles": [*plan.needles, plan.needles[0]]})
