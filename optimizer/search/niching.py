@@ -27,21 +27,23 @@ baselines in 71 of 90 (seed, budget) cells against 66, 14 of 18 case/protocol/bu
 1000 evaluations against 0.42 and 0.39; picai-10032 ECT median at 100 evaluations 0.24
 against 0.08 (still ahead of the baselines on 4 of 5 seeds).
 
-One needle less: once a plan passes with more needles than the protocol's minimum, a share
-``drop_prob`` of the children is one of the best such plans (tournament) with one needle taken
-out, its other needles and voltage-to-distance ratio kept (``SearchSpace.without_needle``), as
-a planner tries the same layout with one needle less; never a plan evaluated before. Breeding
-reaches such a plan only through a niche of the lower count, which has to be filled first:
-prostatex-0000 ECT still had a 3-needle plan at 100 evaluations on 2 of 5 seeds where a
-2-needle one passes (with the move: none). bench/search.py's exploration on seeds 0-4 (ad hoc
-harness against the recorded baselines): 74 of 90 cells ahead of both baselines against 71,
-none lost; 15 of 18 (pair, budget) cells at 4 of 5 seeds or more against 14; median best at
-300 evaluations prostatex-0000 IRECT 0.25 against 0.32, picai-10032 IRECT 0.90 against 0.98,
-picai-10043 IRECT 2.55 against 2.92. Held-out seeds 5-7: 45 of 54 cells against 43. The move
-draws nothing while no plan passes, so the search until then is the one above.
+One needle less: once a plan passes with more needles than the protocol's minimum, up to a
+share ``drop_prob`` of the children are one of the best such plans (tournament) with one needle
+taken out, the other needles in their holes and the voltage-to-distance ratio kept
+(``SearchSpace.without_needle``), as a planner tries the same layout with one needle less;
+never a plan evaluated before (the GA breeds the child instead). Breeding reaches such a plan
+only through a niche of the lower count, which has to be filled first: prostatex-0000 ECT still
+had a 3-needle plan at 100 evaluations on 2 of 5 seeds where a 2-needle one passes (with the
+move: none). bench/search.py's exploration on seeds 0-4 (ad hoc harness against the recorded
+baselines): 73 of 90 cells ahead of both baselines against 71 (one lost: picai-10032 IRECT at
+300 evaluations); median best prostatex-0000 IRECT 0.31 against 0.32 at 300 evaluations,
+picai-10043 IRECT 2.55 against 2.92 at 300, picai-10032 IRECT 0.57 against 0.70 at 1000 but
+1.11 against 0.98 at 300. Held-out seeds 5-7: 44 of 54 cells against 43. The move
+draws no random number until a passing plan has more than the minimum of needles, so the
+search until then is the one above.
 Tried and left out: a second move, a passing plan with one train's ratio a step (10 V/cm)
-lower. It won 1 more cell, all of them energy ties in the fifth decimal on prostatex-0000 ECT,
-and made the IRECT searches worse (median best at 1000 evaluations on picai-10043 2.47 against
+lower. Its one extra cell was an energy tie in the fifth decimal (prostatex-0000 ECT), and it
+made the IRECT searches worse (median best at 1000 evaluations on picai-10043 2.47 against
 1.84 with the needle move alone).
 
 The rest of the children are bred exactly as by ``GeneticSampler`` (the published GA, which
@@ -111,7 +113,7 @@ class NichedGeneticSampler(GeneticSampler):
             ),
             key=rank,
         )[: self.population_size]  # fmt: skip
-        if droppable and self._rng.rand() < self.drop_prob:
+        if droppable and self.drop_prob > 0.0 and self._rng.rand() < self.drop_prob:
             for _ in range(MAX_DUPLICATE_RETRIES):
                 parent = self._tournament(droppable)
                 slot = self._rng.randint(self._space.n_needles(parent.params))

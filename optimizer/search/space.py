@@ -70,6 +70,9 @@ VoltageMode = Literal["ratio", "absolute"]
 # The generator drives at most 6 electrodes (DESIGN.md section 1): the number of slots.
 MAX_SLOTS = 6
 PAIR_PATTERNS = ("all", "adjacent")
+# The per-slot parameters' names before "_k": a pattern anchored on them cannot mistake a
+# train's parameter (``ratio_<train>``, whose key may end in a digit) for a slot's.
+SLOT_STEMS = "(?:hole_col|hole_row|hole|tip_offset|exposure|core)"
 
 
 class SearchSpaceError(ValueError):
@@ -324,7 +327,7 @@ class SearchSpace:
     def _slots(self) -> tuple[tuple[str, ...], ...]:
         # Built once: the GA asks for them at every crossover and mutation.
         return tuple(
-            tuple(n for n in self._distributions if re.fullmatch(rf"[a-z_]+_{k}", n))
+            tuple(n for n in self._distributions if re.fullmatch(rf"{SLOT_STEMS}_{k}", n))
             for k in range(self.n_slots)
         )
 
@@ -398,20 +401,33 @@ class SearchSpace:
         return n
 
     def without_needle(self, params: Mapping[str, Any], slot: int) -> dict[str, Any]:
-        """``params`` with the needle of ``slot`` taken out: the later used slots move down one
-        place and ``n_needles`` drops by one; global parameters (pairs, voltages, pulses) stay.
-        The slot left unused keeps its old values, which no longer change the plan."""
+        """``params`` with the needle of ``slot`` taken out and every other needle where it
+        was: each used slot is first pinned to the hole it resolved to (a slot that asked for
+        a taken hole got the nearest free one, and would get its wish back once the other
+        needle is gone), then the later slots move down one place and ``n_needles`` drops by
+        one. Global parameters (pairs, voltages, pulses) stay; the slot left unused keeps its
+        old values, which no longer change the plan."""
         n = self.n_needles(params)
-        if n <= self.n_min or "n_needles" not in self._distributions:
+        if n <= self.n_min:
             raise SearchSpaceError(f"a plan of {n} needles is at the minimum of {self.n_min}")
         if not 0 <= slot < n:
             raise SearchSpaceError(f"slot {slot} is not used by a plan of {n} needles")
-        out = dict(params)
+        pinned = dict(params)
+        holes = self.resolve_holes(self._wanted_position(params, k) for k in range(n))
+        for k, hole in enumerate(holes):
+            pinned.update(self._hole_params(k, hole))
+        out = dict(pinned)
         for k in range(slot, n - 1):
             for here, there in zip(self._slots[k], self._slots[k + 1], strict=True):
-                out[here] = params[there]
+                out[here] = pinned[there]
         out["n_needles"] = n - 1
         return out
+
+    def _hole_params(self, k: int, hole: HoleOption) -> dict[str, Any]:
+        """The parameters that put slot ``k`` at ``hole`` in this space's hole encoding."""
+        if self.hole_encoding == "grid":
+            return {f"hole_col_{k}": hole.column, f"hole_row_{k}": hole.row}
+        return {f"hole_{k}": hole.label}
 
     def _wanted_position(self, params: Mapping[str, Any], k: int) -> tuple[float, float]:
         if self.hole_encoding == "grid":
@@ -559,11 +575,7 @@ class SearchSpace:
         if "n_needles" in self._distributions:
             params["n_needles"] = n
         for k, (needle, hole) in enumerate(zip(plan.needles, holes, strict=True)):
-            if self.hole_encoding == "grid":
-                params[f"hole_col_{k}"] = hole.column
-                params[f"hole_row_{k}"] = hole.row
-            else:
-                params[f"hole_{k}"] = hole.label
+            params.update(self._hole_params(k, hole))
             exposure = _snap(
                 needle.exposure_mm, s.exposure_min_mm, s.exposure_max_mm, s.exposure_step_mm
             )

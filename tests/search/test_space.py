@@ -154,28 +154,65 @@ def test_encoding_snaps_foreign_plans_onto_the_space(space):
     ]
 
 
+@pytest.fixture(scope="module")
+def irect_categorical_space(phantom_gland_case: PreparedCase, irect: Protocol) -> SearchSpace:
+    return SearchSpace(phantom_gland_case, irect, hole_encoding="categorical")
+
+
+@pytest.mark.parametrize("encoding", ["grid", "categorical"])
 @given(data=st.data())
 @SLOW
-def test_a_needle_taken_out_leaves_the_others_and_the_voltages(irect_space, data):
-    params = data.draw(params_strategy(irect_space))
-    n = irect_space.n_needles(params)
-    # Through a plan and back: every slot names its own hole, so none moves when one goes.
-    params = irect_space.encode(irect_space.decode(params))
-    if n <= irect_space.n_min:
+def test_a_needle_taken_out_leaves_the_others_where_they_were(
+    irect_space, irect_categorical_space, encoding, data
+):
+    space = irect_space if encoding == "grid" else irect_categorical_space
+    # Raw parameters: two slots may ask for one hole, the later then gets the nearest free one.
+    params = data.draw(params_strategy(space))
+    n = space.n_needles(params)
+    if n <= space.n_min:
         with pytest.raises(SearchSpaceError, match="minimum"):
-            irect_space.without_needle(params, 0)
+            space.without_needle(params, 0)
         return
     slot = data.draw(st.integers(0, n - 1))
-    before = irect_space.decode(params).needles
-    child = irect_space.without_needle(params, slot)
-    assert irect_space.n_needles(child) == n - 1
+    before = space.decode(params).needles
+    child = space.without_needle(params, slot)
+    assert space.n_needles(child) == n - 1
     kept = [k for k in range(n) if k != slot]
-    assert irect_space.decode(child).needles == [before[k] for k in kept]
+    assert space.decode(child).needles == [before[k] for k in kept]
     for i, k in enumerate(kept):  # a needle keeps its IRE core or ECT margin role
         assert child[f"core_{i}"] == params[f"core_{k}"]
-    for name in irect_space.global_params():
+    for name in space.global_params():  # pairs, ratios and pulses stay
         if name != "n_needles":
             assert child[name] == params[name]
+
+
+def test_a_needle_taken_out_does_not_let_another_move_into_its_hole(space):
+    """Slot 1 asks for slot 0's hole and gets the nearest free one; without slot 0 it stays
+    there rather than moving into the hole it first asked for."""
+    params = space.complete({"n_needles": 3, "pairs": "all", "ratio_ect": 1100.0})
+    params["hole_col_1"], params["hole_row_1"] = params["hole_col_0"], params["hole_row_0"]
+    holes = [n.hole for n in space.decode(params).needles]
+    assert len(set(holes)) == 3
+    assert [n.hole for n in space.decode(space.without_needle(params, 0)).needles] == holes[1:]
+
+
+def test_slot_parameters_are_told_from_a_train_whose_key_ends_in_a_digit(
+    phantom_gland_case, ect
+):
+    renamed = ect.model_copy(
+        update={
+            "pulses": ect.pulses.model_copy(
+                update={
+                    "trains": [
+                        ect.pulses.trains[0].model_copy(update={"name": "ect 1"})
+                    ]
+                }
+            )
+        }
+    )
+    space = SearchSpace(phantom_gland_case, renamed)
+    assert "ratio_ect_1" in space.global_params()
+    assert space.slot_params(1) == ["hole_col_1", "hole_row_1", "tip_offset_1", "exposure_1"]
 
 
 def test_a_needle_outside_the_plan_cannot_be_taken_out(space):
