@@ -107,3 +107,27 @@ def test_a_local_cluster_keeps_token_auth_without_writing_a_token_file(tmp_path)
     auth, worker_mode = json.loads(done.stdout.strip().splitlines()[-1])
     assert auth == "token (ephemeral)" and worker_mode == "token"
     assert not (home / ".ray").exists()
+
+
+def test_a_local_start_that_fails_once_is_tried_again_and_says_why():
+    """Ray's own start-up deadline can pass once on a loaded machine: the second start runs,
+    and a warning names the first failure (here injected into the first ``ray.init``)."""
+    code = """
+        import json, ray
+        from services.planner.cluster import connect
+        real_init, calls = ray.init, []
+        def flaky_init(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("injected: the raylet did not register in time")
+            return real_init(*args, **kwargs)
+        ray.init = flaky_init
+        info = connect(num_cpus=1)
+        print(json.dumps([len(calls), info.cpus, info.started_here]))
+        ray.shutdown()
+    """
+    done = _python(code, _clean_env(), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [2, 1, True]
+    assert "local Ray did not start (RuntimeError: injected" in done.stderr
+    assert "starting it once more" in done.stderr
