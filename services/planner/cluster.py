@@ -217,7 +217,7 @@ def connect(
                     ray.shutdown()
                     if attempt == 2:
                         raise ClusterError(f"cannot start a local Ray: {exc}") from exc
-                    # Says why a start took ~30 s longer (seen once on the first run after CI).
+                    # Says why a start took ~30 s longer (the first `./run main` right after CI).
                     logging.getLogger(__name__).warning(
                         "local Ray did not start (%s: %s); starting it once more",
                         type(exc).__name__, exc,
