@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,15 @@ def real_case_dir(anatomy_dir: Path):
         return path
 
     return get
+
+
+@pytest.fixture(autouse=True)
+def _session_ray_has_its_cpus(request: pytest.FixtureRequest) -> None:
+    """Before a test on the session's Ray: every CPU free again (see reclaim_leaked_cpus)."""
+    if not {"ray_cluster", "_session_ray"} & set(request.fixturenames):
+        return
+    ray = sys.modules.get("ray")  # not imported yet: no Ray running either
+    if ray is not None and ray.is_initialized():
+        from tests.conftest_ray import TEST_RAY_CPUS, reclaim_leaked_cpus
+
+        reclaim_leaked_cpus(TEST_RAY_CPUS)
