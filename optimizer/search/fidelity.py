@@ -54,6 +54,11 @@ Evaluate = Callable[[Plan], PlanEvaluation]
 DEFAULT_TOP_K = 3
 # Rounds of top_k fine evaluations at most, while none passes (bench/search.py, picai-10043).
 DEFAULT_MAX_ROUNDS = 3
+# Under a time limit, the share kept for the fine re-evaluation: exploration stops at 80 % of
+# the limit. A fine evaluation took 0.5-7 s on the 2-core machine (prostatex-0000 to
+# picai-10043, 1 mm nonlinear), and one to three rounds usually decide, so a 60 s limit keeps
+# 12 s. The limit then bounds the whole search, as a planner reads it.
+REFINE_SHARE = 0.2
 # A predicted constraint value this close above 0 counts as met: a volume at its limit after a
 # shift of whole voxels lands on 0 up to rounding.
 PREDICTION_TOLERANCE = 1e-9
@@ -105,6 +110,12 @@ class Candidate:
             return 0, self.coarse_score - sum(max(v, 0.0) for v in self.constraints), 0.0
         headroom = self.headroom if self.headroom is not None else 0.0
         return 1, round(excess, PREDICTION_DIGITS), -headroom
+
+
+def exploration_deadline(started: float, time_limit_s: float | None) -> float | None:
+    """When exploration stops under ``time_limit_s`` (``time.monotonic()`` clock); the rest
+    of the limit is the fine re-evaluation's."""
+    return None if time_limit_s is None else started + time_limit_s * (1.0 - REFINE_SHARE)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,13 @@ from optimizer.evaluate.evaluator import PlanEvaluator
 from optimizer.evaluate.plan import Plan, PlanError
 from optimizer.evaluate.protocol import Protocol
 from optimizer.search.backoff import backoff_notes
-from optimizer.search.fidelity import DEFAULT_TOP_K, Evaluate, Refined, TwoFidelity
+from optimizer.search.fidelity import (
+    DEFAULT_TOP_K,
+    Evaluate,
+    Refined,
+    TwoFidelity,
+    exploration_deadline,
+)
 from optimizer.search.objective import ScoreBreakdown, ranking_key
 from optimizer.search.samplers import DEFAULT_MULTI_OBJECTIVE_SAMPLER, DEFAULT_SAMPLER, make_sampler
 from optimizer.search.seeding import geometric_seed_params, seed_params_from_plans
@@ -219,6 +225,7 @@ def run_search(
     check_budget(trials, time_limit_s, batch_size)
     started = time.monotonic()
     deadline = started + time_limit_s if time_limit_s is not None else None
+    explore_until = exploration_deadline(started, time_limit_s)
     w = weights if weights is not None else load_score_weights()
     others = [] if case_coarse is case_fine else [case_coarse.obstacles]
     space = SearchSpace(
@@ -282,7 +289,8 @@ def run_search(
     def stop_reason() -> str | None:
         if trials is not None and run >= trials:
             return "trials"
-        if deadline is not None and time.monotonic() >= deadline:
+        # The first trial runs whatever the time: a stopped search still returns a plan.
+        if explore_until is not None and run > 0 and time.monotonic() >= explore_until:
             return "time"
         if should_stop is not None and should_stop():
             return "cancelled"

@@ -74,7 +74,13 @@ from optimizer.evaluate.evaluator import DEFAULT_CACHE_BYTES, EvaluatedPlan, Pla
 from optimizer.evaluate.plan import Plan, PlanError
 from optimizer.evaluate.protocol import Protocol
 from optimizer.search.backoff import backoff_notes
-from optimizer.search.fidelity import DEFAULT_TOP_K, Candidate, TwoFidelity, plan_identity
+from optimizer.search.fidelity import (
+    DEFAULT_TOP_K,
+    Candidate,
+    TwoFidelity,
+    exploration_deadline,
+    plan_identity,
+)
 from optimizer.search.local import (
     ParetoPoint,
     SearchError,
@@ -378,6 +384,7 @@ class DistributedSearch:
         self._ran = True
         self.started = time.monotonic()
         self.deadline = None if self.time_limit_s is None else self.started + self.time_limit_s
+        self.explore_until = exploration_deadline(self.started, self.time_limit_s)
         self.cancel_event = cancel_event or threading.Event()
         self.on_progress = on_progress
         self.history: list[TrialRecord] = []
@@ -439,7 +446,12 @@ class DistributedSearch:
     # ---- exploration -------------------------------------------------------------------
 
     def _may_ask(self) -> bool:
-        return (self.trials is None or self.asked < self.trials) and not self._late()
+        if self.trials is not None and self.asked >= self.trials:
+            return False
+        # The rest of the limit is the fine re-evaluation's; the first plans go out whenever
+        # the workers came up, so a search that started late still returns a plan.
+        done_exploring = self.explore_until is not None and time.monotonic() >= self.explore_until
+        return not self._late() and not (done_exploring and self.asked > 0)
 
     def _submit(self, proposal: Proposal, worker: Worker) -> _Task:
         assert self.pool is not None

@@ -10,6 +10,7 @@ import pytest
 
 from optimizer.evaluate.evaluator import PlanEvaluator
 from optimizer.evaluate.protocol import load_protocol
+from optimizer.search.fidelity import REFINE_SHARE
 from optimizer.search.local import SearchError, run_search
 from optimizer.search.objective import OBJECTIVE_NAMES, score
 from optimizer.search.seeding import geometric_seeds
@@ -73,6 +74,22 @@ def test_time_limit_stops_cleanly_with_a_fine_plan(search):
     assert result.trials_run >= 1
     assert result.evaluation is not None
     assert time.monotonic() - started < 30.0  # exploration stopped; one fine evaluation after
+
+
+def test_a_time_limit_keeps_its_last_share_for_the_fine_evaluation(search):
+    limit = 5.0
+    result = search(trials=None, time_limit_s=limit)
+    told = [h.seconds for h in result.history]
+    explore_until = limit * (1 - REFINE_SHARE)
+    # The last trial started before exploration's share ran out (phantom trials: ~0.05 s).
+    assert explore_until - 1.0 < max(told) < explore_until + 0.5
+    assert result.evaluation is not None
+
+
+def test_a_time_limit_shorter_than_one_trial_still_returns_a_plan(search):
+    result = search(trials=None, time_limit_s=1e-3)
+    assert result.stopped_by == "time" and result.trials_run == 1
+    assert result.evaluation is not None
 
 
 def test_cancel_hook_is_checked_between_trials(search):

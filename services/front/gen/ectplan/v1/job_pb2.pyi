@@ -90,7 +90,9 @@ class Budget(_message.Message):
     trials: _builtins.int
     """Trials (plans explored on the coarse grid); 0: no trial limit."""
     time_limit_s: _builtins.float
-    """Wall-clock limit in seconds; 0: no time limit."""
+    """Wall-clock limit in seconds for the whole search: exploration stops at 80 % of it and the
+    fine re-evaluation has the rest; 0: no time limit.
+    """
     def __init__(
         self,
         *,
@@ -122,7 +124,7 @@ class SearchOptions(_message.Message):
     grid_spacing_mm: _builtins.float
     """Fine (clinical) planning grid spacing in mm; 0: 1 mm. The coarse grid is twice it."""
     sampler: _builtins.str
-    """"tpe", "nsga2", "random", "qmc", "ga"; empty: the default for the objective count."""
+    """"niche-ga", "ga", "tpe", "nsga2", "random", "qmc"; empty: the default for the objective count."""
     target_scope: _builtins.str
     """What is treated: "lesion" (focal), "gland" (whole gland) or "auto"/empty (lesions when
     segmented, else the gland).
