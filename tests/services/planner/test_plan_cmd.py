@@ -15,6 +15,7 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from bench.product import read_run
 from optimizer.anatomy.readers.npz import save_anatomy_npz
 from optimizer.anatomy.structures import Anatomy, Structure
 from optimizer.evaluate.plan import Plan
@@ -66,6 +67,11 @@ def test_plan_writes_the_plan_its_evaluation_and_the_search_record(
         assert all(m is None or m < 0 for m in refined["failed_required"].values())
     verdict = "meets every required criterion" if metrics["passed"] else "does NOT meet"
     assert verdict in " ".join(printed.split())
+    # bench/product.py reads the same record.
+    run = read_run("lesion", "ect", 1, 9.0, 0, out, stderr="")
+    assert (run.passed, run.trials, run.error) == (search["passed"], 10, "")
+    assert sorted(run.unmet_required) == sorted(unmet_required)
+    assert run.search_s["explore"] > 0 and run.search_s["total"] >= run.search_s["refine"]
     # The journal is read as the module docstring of services.planner.storage tells.
     storage = JournalStorage(JournalFileBackend(str(journal)))
     stored = optuna.load_study(study_name=search["study_name"], storage=storage)
