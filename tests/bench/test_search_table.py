@@ -9,7 +9,14 @@ import time
 
 import pytest
 
-from bench.search import Run, jobs_in_order, print_tables, run_in_order, versus_baselines
+from bench.search import (
+    SCORE_TIE,
+    Run,
+    jobs_in_order,
+    print_tables,
+    run_in_order,
+    versus_baselines,
+)
 from optimizer.search.samplers import DEFAULT_SAMPLER
 
 OURS = DEFAULT_SAMPLER  # ectplan's search, compared by default
@@ -40,6 +47,15 @@ def test_ties_count_as_no_worse_only_and_a_better_baseline_wins():
         _run(OURS, 2, 0.1, True), _run("random:unseeded", 2, 0.2, True),  # ectplan better
     ]  # fmt: skip
     assert "@100 1/3 (2/3)" in versus_baselines(runs, [100])
+
+
+def test_scores_within_the_tie_margin_are_ties_either_way():
+    runs = [
+        _run(OURS, 0, 0.020075, True), _run("ga:unseeded", 0, 0.020078, True),  # 0.3 J apart
+        _run(OURS, 1, 0.020078, True), _run("random:unseeded", 1, 0.020075, True),
+        _run(OURS, 2, 0.0200, True), _run("random:unseeded", 2, 0.0200 + 2 * SCORE_TIE, True),
+    ]  # fmt: skip
+    assert "@100 1/3 (3/3)" in versus_baselines(runs, [100])
 
 
 def test_budgets_a_run_did_not_reach_are_left_out():
