@@ -54,11 +54,15 @@ Evaluate = Callable[[Plan], PlanEvaluation]
 DEFAULT_TOP_K = 3
 # Rounds of top_k fine evaluations at most, while none passes (bench/search.py, picai-10043).
 DEFAULT_MAX_ROUNDS = 3
-# Under a time limit, the share kept for the fine re-evaluation: exploration stops at 80 % of
-# the limit. A fine evaluation took 0.5-7 s on the 2-core machine (prostatex-0000 to
-# picai-10043, 1 mm nonlinear), and one to three rounds usually decide, so a 60 s limit keeps
-# 12 s. The limit then bounds the whole search, as a planner reads it.
-REFINE_SHARE = 0.2
+# Under a time limit, what exploration leaves to the fine re-evaluation: 40 % of the limit, at
+# most 30 s. On the 2-core machine a 1 mm nonlinear evaluation took 0.5-7 s (prostatex-0000 to
+# picai-10043), two at a time with two workers; the refinement of the product path's passing
+# runs took 2-17 s (ectplan plan --trials 300, 29 of 30 passing) and its failing one 35 s. With
+# 20 % of a 45 s limit, two picai-10043 runs of five per protocol ended after one round without
+# a passing plan (bench/product.py). Beyond 30 s more refinement rarely helps: exploration
+# gets the rest of a long limit.
+REFINE_SHARE = 0.4
+REFINE_RESERVE_MAX_S = 30.0
 # A predicted constraint value this close above 0 counts as met: a volume at its limit after a
 # shift of whole voxels lands on 0 up to rounding.
 PREDICTION_TOLERANCE = 1e-9
@@ -112,10 +116,17 @@ class Candidate:
         return 1, round(excess, PREDICTION_DIGITS), -headroom
 
 
+def refine_reserve_s(time_limit_s: float) -> float:
+    """Seconds of ``time_limit_s`` kept for the fine re-evaluation."""
+    return min(REFINE_SHARE * time_limit_s, REFINE_RESERVE_MAX_S)
+
+
 def exploration_deadline(started: float, time_limit_s: float | None) -> float | None:
     """When exploration stops under ``time_limit_s`` (``time.monotonic()`` clock); the rest
     of the limit is the fine re-evaluation's."""
-    return None if time_limit_s is None else started + time_limit_s * (1.0 - REFINE_SHARE)
+    if time_limit_s is None:
+        return None
+    return started + time_limit_s - refine_reserve_s(time_limit_s)
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--trials", type=int, help="trial budget (default 200, or unlimited when "
                    "only --time-limit is given)")  # fmt: skip
     p.add_argument("--time-limit", type=float,
-                   help="seconds for the whole search: exploration stops at 80 %% of it, the "
-                   "fine re-evaluation has the rest")  # fmt: skip
+                   help="seconds for the whole search: exploration leaves 40 %% of it (at most "
+                   "30 s) to the fine re-evaluation")  # fmt: skip
     p.add_argument("--workers", type=int, default=2, help="evaluator actors (default 2)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--ray-address", help="Ray cluster (host:port or ray://host:10001); default "

@@ -10,7 +10,12 @@ import pytest
 
 from optimizer.evaluate.evaluator import PlanEvaluator
 from optimizer.evaluate.protocol import load_protocol
-from optimizer.search.fidelity import REFINE_SHARE
+from optimizer.search.fidelity import (
+    REFINE_RESERVE_MAX_S,
+    REFINE_SHARE,
+    exploration_deadline,
+    refine_reserve_s,
+)
 from optimizer.search.local import SearchError, run_search
 from optimizer.search.objective import OBJECTIVE_NAMES, score
 from optimizer.search.seeding import geometric_seeds
@@ -80,10 +85,18 @@ def test_a_time_limit_keeps_its_last_share_for_the_fine_evaluation(search):
     limit = 5.0
     result = search(trials=None, time_limit_s=limit)
     told = [h.seconds for h in result.history]
-    explore_until = limit * (1 - REFINE_SHARE)
+    explore_until = exploration_deadline(0.0, limit)
+    assert explore_until is not None
     # The last trial started before exploration's share ran out (phantom trials: ~0.05 s).
     assert explore_until - 1.0 < max(told) < explore_until + 0.5
     assert result.evaluation is not None
+
+
+def test_the_fine_reevaluation_keeps_a_share_of_the_limit_up_to_a_cap():
+    assert refine_reserve_s(10.0) == pytest.approx(10.0 * REFINE_SHARE)
+    assert refine_reserve_s(3600.0) == REFINE_RESERVE_MAX_S
+    assert exploration_deadline(100.0, 3600.0) == pytest.approx(3700.0 - REFINE_RESERVE_MAX_S)
+    assert exploration_deadline(100.0, None) is None
 
 
 def test_a_time_limit_shorter_than_one_trial_still_returns_a_plan(search):

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optimizer.search.fidelity import REFINE_SHARE
+from optimizer.search.fidelity import exploration_deadline
 from optimizer.search.local import SearchError
 from services.planner.driver import (
     PIPELINE_DEPTH,
@@ -69,10 +69,12 @@ def test_time_limit_stops_cleanly_and_sqlite_keeps_every_trial(ray_cluster, lesi
     took = time.monotonic() - started
     assert result.stopped_by == "time"
     assert result.trials_run >= 2
-    # Exploration leaves the last REFINE_SHARE of the limit to the fine re-evaluation (the
-    # trials in flight then finish: 0.1 s in all here, against the 2 s share) ...
+    # Exploration leaves the end of the limit to the fine re-evaluation (the trials in flight
+    # then finish: 0.1 s in all here, against the 4 s kept) ...
+    explore_until = exploration_deadline(0.0, limit)
+    assert explore_until is not None and explore_until < limit - 1.5
     explored = search.stats.startup_s + search.stats.explore_s
-    assert limit * (1 - REFINE_SHARE) <= explored < limit * (1 - REFINE_SHARE) + 1.5
+    assert explore_until <= explored < explore_until + 1.5
     # ... whose rounds stop at the limit, but for the fine evaluation running then.
     assert took < limit + 10.0
     assert result.refined and result.evaluation is result.refined[0].evaluation

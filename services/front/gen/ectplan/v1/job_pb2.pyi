@@ -90,8 +90,8 @@ class Budget(_message.Message):
     trials: _builtins.int
     """Trials (plans explored on the coarse grid); 0: no trial limit."""
     time_limit_s: _builtins.float
-    """Wall-clock limit in seconds for the whole search: exploration stops at 80 % of it and the
-    fine re-evaluation has the rest; 0: no time limit.
+    """Wall-clock limit in seconds for the whole search: exploration leaves 40 % of it (at most
+    30 s) to the fine re-evaluation; 0: no time limit.
     """
     def __init__(
         self,
