@@ -57,10 +57,10 @@ DEFAULT_MAX_ROUNDS = 3
 # Under a time limit, what exploration leaves to the fine re-evaluation: 40 % of the limit, at
 # most 30 s. On the 2-core machine a 1 mm nonlinear evaluation took 0.5-7 s (prostatex-0000 to
 # picai-10043), two at a time with two workers; the refinement of the product path's passing
-# runs took 2-17 s (ectplan plan --trials 300, 29 of 30 passing) and its failing one 35 s. With
-# 20 % of a 45 s limit, two picai-10043 runs of five per protocol ended after one round without
-# a passing plan (bench/product.py). Beyond 30 s more refinement rarely helps: exploration
-# gets the rest of a long limit.
+# runs took 2-17 s (ectplan plan --trials 300, 29 of 30 passing) and its failing one 35 s.
+# bench/product.py --time-limit 45: 30 of 30 runs passing with 40 %; with 20 %, 25 of 30, five
+# of the ten picai-10043 runs ending after one round without a passing plan. Beyond 30 s more
+# refinement rarely helps: exploration gets the rest of a long limit.
 REFINE_SHARE = 0.4
 REFINE_RESERVE_MAX_S = 30.0
 # A predicted constraint value this close above 0 counts as met: a volume at its limit after a
