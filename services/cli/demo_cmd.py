@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--time-limit",
         type=float,
         default=DEFAULT_TIME_LIMIT_S,
-        help="search time limit in seconds",
+        help="seconds for the whole search, fine re-evaluation included",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid-mm", type=float, default=1.0, help="planning grid spacing (mm)")

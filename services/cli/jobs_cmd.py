@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--anatomy", required=True, help="case folder, DICOM folder, label map, .npz")
     p.add_argument("--protocol", default="ect", help="ect, ire, irect, or a .toml file")
     p.add_argument("--trials", type=int, default=200, help="trial budget (0: none)")
-    p.add_argument("--time-limit", type=float, default=0.0, help="seconds (0: none)")
+    p.add_argument("--time-limit", type=float, default=0.0,
+                   help="seconds for the whole search, fine re-evaluation included (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="Ray workers (0: server default)")
     p.add_argument("--grid-mm", type=float, default=0.0, help="fine grid spacing (0: 1 mm)")
