@@ -10,10 +10,10 @@ below the best passing plan's, as only fewer needles were expected to score lowe
 criterion met. Where heat dominates the score that fails: on picai-10032 IRECT the unseeded
 GA's best plan at 100 evaluations had 5 needles and heat 1.38 against niche-ga's 3 needles and
 1.74, more needles spreading the dose. Niches above the best count as well were tried and left
-out (data/sampler_choice.toml). While no plan passes,
-every child is bred from the whole study's elite: spreading the search over other needle
-counts then slowed the way to a first passing plan (bench/search.py, picai-10032 ECT: 0/5
-seeds passing at 100 evaluations against 2/5).
+out (data/sampler_choice.toml). While no plan passes, every child is bred from the whole
+study's elite: spreading the search over other needle counts then slowed the way to a first
+passing plan (bench/search.py, picai-10032 ECT: 0/5 seeds passing at 100 evaluations against
+2/5).
 
 Random start interleaved with the seeds' refinement, while no plan passes: the baseline GA
 breeds once ``population_size`` plans are evaluated, and the 15-17 geometric seeds ectplan
