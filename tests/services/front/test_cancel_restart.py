@@ -25,8 +25,9 @@ from tests.services.front.conftest import GRID_MM, free_port, make_config, wait_
 
 REPO = Path(__file__).resolve().parents[3]
 RESTART_TRIALS = 6
-# The process test only needs a search that outlives two interruptions.
-KILL_TRIALS = 3
+# The process test only needs a search that outlives two interruptions: with 3 trials the
+# resumed search (0.6 s) once finished before the test could look at it and kill it.
+KILL_TRIALS = 30
 
 
 def started_exploring(event: job_pb2.JobEvent) -> bool:
