@@ -9,7 +9,10 @@ Each needle's exposure is the shortest offered one that spans the target along t
 (the longest when none does), centred on it; each pair's voltage is the protocol train's default
 voltage-to-distance ratio times the pair's spacing. For a two-train protocol (IRECT) the needles
 near the lesion form the core (IRE train), and lesion-centred squares with every pair in the
-core are added.
+core are added. Each seed whose core has three needles or more is followed by the same needles
+with only the two whose midpoint lies nearest the lesion centre in the core: one IRE pair across
+the lesion, every other pair pulsing the margin train. The IRE pairs carry the heat (90 or 70
+pulses against 8), and these plans are where the best IRECT plans are found (niching.py).
 
 Sparing variants (data/space.toml ``seeding.sparing_*``): for the best-matching patterns, each
 needle whose target chord ends near an organ at risk with a required E limit (the sphincter
@@ -103,6 +106,14 @@ def lesion_footprint(space: SearchSpace) -> Footprint | None:
 def _grid_position(space: SearchSpace, u: float, v: float) -> tuple[float, float]:
     t = space.template
     return u / t.spacing_mm + (t.columns - 1) / 2, v / t.spacing_mm + (t.rows - 1) / 2
+
+
+def _template_mm(space: SearchSpace, hole: HoleOption) -> tuple[float, float]:
+    """A hole's (u, v) in mm from the template centre: the inverse of ``_grid_position``."""
+    t = space.template
+    return (hole.column - (t.columns - 1) / 2) * t.spacing_mm, (
+        hole.row - (t.rows - 1) / 2
+    ) * t.spacing_mm
 
 
 @dataclass(frozen=True)
@@ -237,6 +248,26 @@ def _pattern_params(
     return params
 
 
+def _one_core_pair(
+    space: SearchSpace, params: dict[str, Any], lesion: Footprint
+) -> dict[str, Any] | None:
+    """``params`` with only the two core needles whose midpoint lies nearest the lesion centre
+    left in the core, so one IRE pair ablates the lesion and every other pair pulses the margin
+    train; None when the core has fewer than three needles."""
+    cores = space.core_slots(params)
+    if len(cores) < 3:
+        return None
+    needles = space.decode_needles(params)
+    at = {k: _template_mm(space, space.hole(str(needles[k].hole))) for k in cores}
+
+    def off_centre(pair: tuple[int, int]) -> float:
+        (ui, vi), (uj, vj) = at[pair[0]], at[pair[1]]
+        return math.dist(((ui + uj) / 2, (vi + vj) / 2), lesion.centre_mm)
+
+    kept = min(((i, j) for i in cores for j in cores if i < j), key=off_centre)
+    return params | {f"core_{k}": k in kept for k in cores}
+
+
 def _snapped_voltage(space: SearchSpace, ratio_V_per_cm: float, spacing_mm: float) -> float:
     s = space.settings
     top = space.protocol.device.voltage_max_V
@@ -273,6 +304,8 @@ def geometric_seed_params(
         if sparing is not None and (i < spare_first or layout.all_core):
             for inset in (0.0, space.settings.sparing_inset_mm):
                 seeds.append(_pattern_params(space, layout, lesion, sparing, inset))
+    if lesion is not None:
+        seeds = [q for p in seeds for q in (p, _one_core_pair(space, p, lesion)) if q is not None]
     unique: list[dict[str, Any]] = []
     seen: set[str] = set()
     for p in seeds:

@@ -400,6 +400,12 @@ class SearchSpace:
             raise SearchSpaceError(f"n_needles {n} is outside {self.n_min}..{self.n_slots}")
         return n
 
+    def core_slots(self, params: Mapping[str, Any]) -> list[int]:
+        """The used slots whose needle is in the core (IRE train); none in a one-train space."""
+        if not self.multi_train:
+            return []
+        return [k for k in range(self.n_needles(params)) if bool(self._get(params, f"core_{k}"))]
+
     def without_needle(self, params: Mapping[str, Any], slot: int) -> dict[str, Any]:
         """``params`` with the needle of ``slot`` taken out and every other needle where it
         was: each used slot is first pinned to the hole it resolved to (a slot that asked for

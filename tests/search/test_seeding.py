@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -14,6 +15,7 @@ from optimizer.evaluate.protocol import load_protocol
 from optimizer.search.seeding import (
     geometric_seed_params,
     geometric_seeds,
+    lesion_footprint,
     protected_sparing,
     seed_params_from_plans,
     target_footprint,
@@ -104,6 +106,43 @@ def test_two_train_seeds_include_a_lesion_core(phantom_case, irect):
     space = SearchSpace(phantom_case, irect)
     core_pulses = space.trains[0].train.pulses
     assert any(all(p.pulses == core_pulses for p in plan.pairs) for plan in geometric_seeds(space))
+
+
+def test_two_train_seeds_offer_one_ire_pair_at_the_lesion(phantom_case, irect):
+    # A seed whose core has three needles or more is followed by the same needles with only
+    # the two straddling the lesion in the core: one IRE pair, every other pair the margin's.
+    space = SearchSpace(phantom_case, irect)
+    seeds = geometric_seed_params(space)
+    centre = lesion_footprint(space).centre_mm
+    core_pulses, margin_pulses = (t.train.pulses for t in space.trains)
+    followed = 0
+    for seed, after in itertools.pairwise(seeds):
+        cores = space.core_slots(seed)
+        if len(cores) < 3:
+            continue
+        followed += 1
+        assert space.decode_needles(after) == space.decode_needles(seed)
+        kept = space.core_slots(after)
+        assert len(kept) == 2 and set(kept) < set(cores)
+        needles = space.decode_needles(seed)
+        at = {k: space.hole(str(n.hole)).position_mm for k, n in enumerate(needles)}
+
+        def off_centre(i: int, j: int, at: dict = at) -> float:
+            mid = (at[i] + at[j]) / 2
+            return float(np.hypot(*(np.asarray(_uv(space, mid)) - centre)))
+
+        assert off_centre(*kept) == pytest.approx(
+            min(off_centre(i, j) for i in cores for j in cores if i < j), abs=1e-6
+        )
+        pulses = sorted(p.pulses for p in space.decode(after).pairs)
+        assert pulses.count(core_pulses) == 1 and set(pulses) == {margin_pulses, core_pulses}
+    assert followed >= 2
+
+
+def _uv(space: SearchSpace, point_mm: np.ndarray) -> tuple[float, float]:
+    t = space.template
+    rel = np.asarray(point_mm) - t.centre_mm
+    return float(rel @ t.column_axis), float(rel @ t.row_axis)
 
 
 def test_seeds_are_distinct(phantom_case, ect):
