@@ -1,4 +1,5 @@
-"""ectplan's genetic sampler: the baseline GA with needle-count niches and a one-needle-less move.
+"""ectplan's genetic sampler: the baseline GA with niches of fewer needles (and fewer core needles)
+and a one-needle-less move.
 
 The score charges every needle (data/score.toml ``per_needle``), but a plan with one needle
 less is rarely good the moment it is bred: it fails coverage, ranks below every passing plan
@@ -10,10 +11,10 @@ below the best passing plan's, as only fewer needles were expected to score lowe
 criterion met. Where heat dominates the score that fails: on picai-10032 IRECT the unseeded
 GA's best plan at 100 evaluations had 5 needles and heat 1.38 against niche-ga's 3 needles and
 1.74, more needles spreading the dose. Niches above the best count as well were tried and left
-out (data/sampler_choice.toml). While no plan passes, every child is bred from the whole
-study's elite: spreading the search over other needle counts then slowed the way to a first
-passing plan (bench/search.py, picai-10032 ECT: 0/5 seeds passing at 100 evaluations against
-2/5).
+out (data/sampler_choice.toml); niches of fewer core needles (below) address it. While no plan
+passes, every child is bred from the whole study's elite: spreading the search over other
+needle counts then slowed the way to a first passing plan (bench/search.py, picai-10032 ECT: 0/5
+seeds passing at 100 evaluations against 2/5).
 
 Random start interleaved with the seeds' refinement, while no plan passes: the baseline GA
 breeds once ``population_size`` plans are evaluated, and the 15-17 geometric seeds ectplan
@@ -30,6 +31,21 @@ baselines in 71 of 90 (seed, budget) cells against 66, 14 of 18 case/protocol/bu
 4 of 5 seeds or more against 11; picai-10043 ECT median best score 0.27 and 0.14 at 300 and
 1000 evaluations against 0.42 and 0.39; picai-10032 ECT median at 100 evaluations 0.24
 against 0.08 (still ahead of the baselines on 4 of 5 seeds).
+
+Niches of fewer core needles (two-train protocols, IRECT): the IRE pairs carry the heat, and
+where heat dominates the score the best plans pulse few of them. picai-10032 IRECT, seed 0 at
+300 evaluations: niche-ga's best plans had 3 needles, all in the core (3 IRE pairs at 70 pulses,
+heat 1.34 of a score of 1.47), the unseeded GA's 5 needles with one IRE pair and nine margin
+pairs at 8 pulses (heat 0.68 of 0.85). A plan with fewer core needles that nearly passes
+(the seeds' one-IRE-pair variants, optimizer/search/seeding.py: coverage short by 0.03 of a
+scale) ranks below every passing plan, so the GA never breeds from it. So the niches are those
+of each needle count below the best passing plan's and, for two trains, of each count of core
+needles below its own, two at least (one IRE pair); a niche child draws one of them uniformly.
+With the one-IRE-pair seeds, 20 seeds of picai-10032 IRECT (ad hoc harness, bench/search.py's
+exploration): median best at 100 evaluations 1.77 against 2.07, better on 16 seeds and worse
+on 4; at 300 and 1000 as before (0.94 / 0.59 against 0.96 / 0.60), as on picai-10043 IRECT
+(20 seeds) and prostatex-0000 IRECT (8). Either part alone did not help at 100 evaluations
+(data/sampler_choice.toml). One-train protocols draw the same niches as before.
 
 One needle less: once a plan passes with more needles than the protocol's minimum, up to a
 share ``drop_prob`` of the children are one of the best such plans (tournament) with one needle
@@ -74,12 +90,17 @@ DEFAULT_NICHE_PROB = 0.3
 DEFAULT_DROP_PROB = 0.15
 # A niche needs this many evaluated plans before it breeds (two parents).
 MIN_NICHE_SIZE = 2
+# Niches of fewer needles, then (two-train protocols) of fewer core needles, in this order.
+NICHE_KINDS = ("needles", "cores")
+# Two core needles make the one IRE pair a core niche needs.
+MIN_CORE_NEEDLES = 2
 # Optuna's system attribute of a trial asked from ``Study.enqueue_trial``.
 ENQUEUED_ATTR = "fixed_params"
 
 
 class NichedGeneticSampler(GeneticSampler):
-    """``GeneticSampler`` whose parents come, part of the time, from one needle count."""
+    """``GeneticSampler`` whose parents come, part of the time, from one niche: plans of one
+    needle count, or of one count of core needles."""
 
     def __init__(
         self,
@@ -131,16 +152,22 @@ class NichedGeneticSampler(GeneticSampler):
         elite = super()._breeding_pool(study, done)
         if not elite[0].user_attrs.get("passed", False) or self._rng.rand() >= self.niche_prob:
             return elite
-        by_count: dict[int, list[FrozenTrial]] = {}
+        space = self._space
+        best_needles = space.n_needles(elite[0].params)
+        best_cores = len(space.core_slots(elite[0].params))
+        members: dict[tuple[str, int], list[FrozenTrial]] = {}
         for t in done:
-            by_count.setdefault(self._space.n_needles(t.params), []).append(t)
-        best_count = self._space.n_needles(elite[0].params)
+            needles = space.n_needles(t.params)
+            if needles < best_needles:
+                members.setdefault(("needles", needles), []).append(t)
+            cores = len(space.core_slots(t.params))
+            if MIN_CORE_NEEDLES <= cores < best_cores:
+                members.setdefault(("cores", cores), []).append(t)
         niches = sorted(
-            n
-            for n, members in by_count.items()
-            if n < best_count and len(members) >= MIN_NICHE_SIZE
+            (key for key, trials in members.items() if len(trials) >= MIN_NICHE_SIZE),
+            key=lambda key: (NICHE_KINDS.index(key[0]), key[1]),
         )
         if not niches:
             return elite
         chosen = niches[self._rng.randint(len(niches))]
-        return sorted(by_count[chosen], key=rank)[: self.population_size]
+        return sorted(members[chosen], key=rank)[: self.population_size]

@@ -39,6 +39,32 @@ def test_a_passing_best_breeds_niches_of_fewer_needles(space):
     assert {next(iter(c)) for c in counts} == {2, 3}
 
 
+def test_two_train_niches_also_hold_fewer_core_needles(phantom_case, irect):
+    # Score = core needles, passing only with 3 or more: the best passing plan has 3 core
+    # needles, so besides the needle-count niches below its count there is a niche of plans
+    # with 2 core needles (one IRE pair), whatever their needle count.
+    space = SearchSpace(phantom_case, irect)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(120):
+        trial = study.ask(space.distributions())
+        cores = len(space.core_slots(trial.params))
+        trial.set_user_attr("passed", cores >= 3)
+        study.tell(trial, float(cores))
+    best = min((t for t in study.trials if t.user_attrs["passed"]), key=lambda t: t.value)
+    best_needles = space.n_needles(best.params)
+    sampler = NichedGeneticSampler(space, population_size=6, niche_prob=1.0, seed=0)
+    kinds = set()
+    for pool in pools(sampler, study, 60):
+        needles = {space.n_needles(t.params) for t in pool}
+        cores = {len(space.core_slots(t.params)) for t in pool}
+        if len(needles) == 1 and next(iter(needles)) < best_needles:
+            kinds.add("needles")
+        else:
+            assert cores == {2}, "a niche pool is neither one needle count nor 2 core needles"
+            kinds.add("cores")
+    assert kinds == {"needles", "cores"}
+
+
 def test_while_no_plan_passes_it_is_the_baseline_ga(space):
     study = study_with(space, 80, lambda n: False)
     sampler = NichedGeneticSampler(space, population_size=6, niche_prob=1.0, seed=0)
