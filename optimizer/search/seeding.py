@@ -10,9 +10,10 @@ Each needle's exposure is the shortest offered one that spans the target along t
 voltage-to-distance ratio times the pair's spacing. For a two-train protocol (IRECT) the needles
 near the lesion form the core (IRE train), and lesion-centred squares with every pair in the
 core are added. Each seed whose core has three needles or more is followed by the same needles
-with only the two whose midpoint lies nearest the lesion centre in the core: one IRE pair across
-the lesion, every other pair pulsing the margin train. The IRE pairs carry the heat (90 or 70
-pulses against 8), and these plans are where the best IRECT plans are found (niching.py).
+with one IRE pair: of the core pairs the seed pulses (within the device's spacing), the one
+whose midpoint lies nearest the lesion centre; every other pair pulses the margin train. The IRE
+pairs carry the heat (70-90 pulses against 8), and the best IRECT plans pulse few of them
+(niching.py).
 
 Sparing variants (data/space.toml ``seeding.sparing_*``): for the best-matching patterns, each
 needle whose target chord ends near an organ at risk with a required E limit (the sphincter
@@ -251,20 +252,28 @@ def _pattern_params(
 def _one_core_pair(
     space: SearchSpace, params: dict[str, Any], lesion: Footprint
 ) -> dict[str, Any] | None:
-    """``params`` with only the two core needles whose midpoint lies nearest the lesion centre
-    left in the core, so one IRE pair ablates the lesion and every other pair pulses the margin
-    train; None when the core has fewer than three needles."""
+    """``params`` with only two core needles left in the core: of the pairs the plan pulses
+    (within the device's spacing), the one between core needles whose midpoint lies nearest the
+    lesion centre. One IRE pair then ablates the lesion and every other pair pulses the margin
+    train. None when the core has fewer than three needles or pulses no pair."""
     cores = space.core_slots(params)
     if len(cores) < 3:
         return None
     needles = space.decode_needles(params)
+    pulsed = [
+        (i, j)
+        for i, j, _ in space.candidate_pairs(needles, str(params["pairs"]))
+        if i in cores and j in cores
+    ]
+    if not pulsed:
+        return None
     at = {k: _template_mm(space, space.hole(str(needles[k].hole))) for k in cores}
 
     def off_centre(pair: tuple[int, int]) -> float:
         (ui, vi), (uj, vj) = at[pair[0]], at[pair[1]]
         return math.dist(((ui + uj) / 2, (vi + vj) / 2), lesion.centre_mm)
 
-    kept = min(((i, j) for i in cores for j in cores if i < j), key=off_centre)
+    kept = min(pulsed, key=off_centre)
     return params | {f"core_{k}": k in kept for k in cores}
 
 

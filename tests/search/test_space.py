@@ -96,6 +96,15 @@ def test_two_train_round_trip_keeps_core_and_margin_pulses(irect_space, data):
     assert geometry(irect_space.decode(irect_space.encode(plan))) == geometry(plan)
 
 
+@given(data=st.data())
+@SLOW
+def test_core_slots_are_the_used_needles_in_the_core(space, irect_space, data):
+    params = data.draw(params_strategy(irect_space))
+    used = irect_space.n_needles(params)
+    assert irect_space.core_slots(params) == [k for k in range(used) if params[f"core_{k}"]]
+    assert space.core_slots(data.draw(params_strategy(space))) == []  # one train: no core
+
+
 def test_categorical_encoding_round_trips(phantom_gland_case, ect):
     space = SearchSpace(phantom_gland_case, ect, hole_encoding="categorical")
     labels = [h.label for h in space.holes]
