@@ -18,14 +18,15 @@ seeds passing at 100 evaluations against 2/5).
 
 Random start interleaved with the seeds' refinement, while no plan passes: the baseline GA
 breeds once ``population_size`` plans are evaluated, and the 15-17 geometric seeds ectplan
-enqueues filled most of that first generation. Where no seed's basin holds a passing plan, the
-search stayed in them (picai-10043 ECT, no plan passes on the 2 mm grid: best score at 1000
-evaluations 0.39 against 0.16 for the unseeded GA, seed 2). A whole random generation before
-any breeding cost the early budget instead (picai-10032 ECT at 100 evaluations: 0.28 against
-0.15, seed 0). So after the first ``population_size`` plans, every odd-numbered trial stays
-random until ``2 * population_size`` plans of its own (not enqueued) are evaluated or a plan
-passes: the seeds are refined from the start, a random generation of the published GA's size
-joins the elite beside them, and once a plan passes the niches take over the exploring.
+enqueues (ECT; IRECT 15-28 with the one-IRE-pair seeds below) filled most of that first
+generation. Where no seed's basin holds a passing plan, the search stayed in them (picai-10043
+ECT, no plan passes on the 2 mm grid: best score at 1000 evaluations 0.39 against 0.16 for the
+unseeded GA, seed 2). A whole random generation before any breeding cost the early budget
+instead (picai-10032 ECT at 100 evaluations: 0.28 against 0.15, seed 0). So after the first
+``population_size`` plans, every odd-numbered trial stays random until ``2 * population_size``
+plans of its own (not enqueued) are evaluated or a plan passes: the seeds are refined from the
+start, a random generation of the published GA's size joins the elite beside them, and once a
+plan passes the niches take over the exploring.
 bench/search.py, seeds 0-4 x 6 case/protocol pairs x budgets 100/300/1000: better than both
 baselines in 71 of 90 (seed, budget) cells against 66, 14 of 18 case/protocol/budget cells at
 4 of 5 seeds or more against 11; picai-10043 ECT median best score 0.27 and 0.14 at 300 and
@@ -36,16 +37,18 @@ Niches of fewer core needles (two-train protocols, IRECT): the IRE pairs carry t
 where heat dominates the score the best plans pulse few of them. picai-10032 IRECT, seed 0 at
 300 evaluations: niche-ga's best plans had 3 needles, all in the core (3 IRE pairs at 70 pulses,
 heat 1.34 of a score of 1.47), the unseeded GA's 5 needles with one IRE pair and nine margin
-pairs at 8 pulses (heat 0.68 of 0.85). A plan with fewer core needles that nearly passes
-(the seeds' one-IRE-pair variants, optimizer/search/seeding.py: coverage short by 0.03 of a
-scale) ranks below every passing plan, so the GA never breeds from it. So the niches are those
-of each needle count below the best passing plan's and, for two trains, of each count of core
-needles below its own, two at least (one IRE pair); a niche child draws one of them uniformly.
-With the one-IRE-pair seeds, 20 seeds of picai-10032 IRECT (ad hoc harness, bench/search.py's
-exploration): median best at 100 evaluations 1.77 against 2.07, better on 16 seeds and worse
-on 4; at 300 and 1000 as before (0.94 / 0.59 against 0.96 / 0.60), as on picai-10043 IRECT
-(20 seeds) and prostatex-0000 IRECT (8). Either part alone did not help at 100 evaluations
-(data/sampler_choice.toml). One-train protocols draw the same niches as before.
+pairs at 8 pulses (heat 0.68 of 0.85). A plan with fewer core needles that nearly passes (such
+as a seed's one-IRE-pair variant, optimizer/search/seeding.py) ranks below every passing plan,
+so the GA never breeds from it. So the niches are those of each needle count below the best
+passing plan's and, for two trains, of each count of core needles below its own, two at least;
+a niche child draws one of them uniformly. With the one-IRE-pair seeds, 20 seeds (ad hoc
+harness, bench/search.py's exploration): picai-10032 IRECT median best at 100 / 300 / 1000
+evaluations 1.39 / 0.94 / 0.58 against 2.07 / 0.96 / 0.60 (better on 16, 11, 8 seeds, worse on
+4, 9, 9); picai-10043 IRECT 4.78 / 2.87 / 1.99 against 4.32 / 2.73 / 1.97 (better on 6, 10,
+10, worse on 11, 10, 10: its 28 seeds take more of the first 100 evaluations);
+prostatex-0000 IRECT (8 seeds) 0.47 / 0.26 / 0.23 against 0.47 / 0.31 / 0.23. Each part alone
+was measured only with a first version of the seeds (data/sampler_choice.toml). One-train
+protocols draw the same niches as before.
 
 One needle less: once a plan passes with more needles than the protocol's minimum, up to a
 share ``drop_prob`` of the children are one of the best such plans (tournament) with one needle
@@ -92,7 +95,7 @@ DEFAULT_DROP_PROB = 0.15
 MIN_NICHE_SIZE = 2
 # Niches of fewer needles, then (two-train protocols) of fewer core needles, in this order.
 NICHE_KINDS = ("needles", "cores")
-# Two core needles make the one IRE pair a core niche needs.
+# Fewer than two core needles pulse no IRE pair, which no passing IRECT plan lacks.
 MIN_CORE_NEEDLES = 2
 # Optuna's system attribute of a trial asked from ``Study.enqueue_trial``.
 ENQUEUED_ATTR = "fixed_params"
