@@ -49,6 +49,9 @@ class Run:
     search_s: dict[str, float] = field(default_factory=dict)
     unmet_required: list[str] = field(default_factory=list)
     error: str = ""
+    # The returned plan's fine score and how many plans were refined on the fine grid.
+    score: float | None = None
+    refined: int = 0
 
     def passed_within(self, target_s: float) -> bool:
         return self.passed and self.wall_s <= target_s
@@ -80,6 +83,8 @@ def read_run(case: str, protocol: str, seed: int, wall_s: float, returncode: int
     run.trials = int(doc["trials"]["run"])
     run.search_s = {k: float(v) for k, v in doc["time_s"].items() if v is not None}
     run.unmet_required = [u["id"] for u in doc["unmet"] if u["severity"] == "required"]
+    run.score = float(doc["best"]["score"])
+    run.refined = len(doc["refined"])
     return run
 
 
@@ -151,8 +156,10 @@ def main() -> None:
                                    done.returncode, out, done.stderr)  # fmt: skip
                     runs.append(run)
                     verdict = "PASS" if run.passed else "fail"
+                    score = "" if run.score is None else f", score {run.score:.3f}"
                     print(f"{case} {protocol} seed {seed}: {verdict} in {run.wall_s:.1f} s, "
-                          f"{run.trials} trials {run.error}", flush=True)  # fmt: skip
+                          f"{run.trials} trials, {run.refined} refined{score} {run.error}",
+                          flush=True)  # fmt: skip
                     if args.out is not None:
                         args.out.write_text(json.dumps([asdict(r) for r in runs], indent=1))
     budget_text = (f"--time-limit {time_limit:g}" if time_limit is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -26,6 +27,16 @@ def test_the_command_is_one_ectplan_plan_accepts(tmp_path: Path) -> None:
 def test_a_run_without_its_record_says_what_the_command_said(tmp_path: Path) -> None:
     run = read_run("c", "ect", 0, 3.0, 2, tmp_path, stderr="one\ntwo\nerror: no anatomy\n")
     assert not run.passed and "exit 2" in run.error and "error: no anatomy" in run.error
+
+
+def test_a_run_reads_its_search_record(tmp_path: Path) -> None:
+    doc = {"passed": True, "trials": {"run": 412}, "time_s": {"total": 30.5, "refine": None},
+           "unmet": [{"id": "bladder_irreversible", "severity": "advisory"}],
+           "best": {"score": 0.4375}, "refined": [{"trial": 3}, {"trial": 9}, {"trial": 1}]}
+    (tmp_path / "search.json").write_text(json.dumps(doc))
+    run = read_run("c", "irect", 1, 33.0, 0, tmp_path, stderr="")
+    assert run.passed and run.trials == 412 and run.search_s == {"total": 30.5}
+    assert run.unmet_required == [] and run.score == 0.4375 and run.refined == 3
 
 
 def _run(case: str, seed: int, wall_s: float, passed: bool, unmet: list[str] | None = None
