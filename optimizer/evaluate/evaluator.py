@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from optimizer.case import PreparedCase
-from optimizer.electrodes import NeedleVoxels, check_path, voxelise
+from optimizer.electrodes import Needle, NeedleVoxels, PathCheck, check_path, voxelise
 from optimizer.evaluate.criteria import CriterionResult
 from optimizer.evaluate.evaluation import PlanEvaluation, evaluate_plan
 from optimizer.evaluate.metrics import METRICS_DETAILS
-from optimizer.evaluate.plan import Plan, PlanError
+from optimizer.evaluate.plan import Plan, PlanError, PlanNeedle
 from optimizer.evaluate.protocol import Protocol
 from optimizer.field import Electrode, FieldSolver, PairSolution, UnitSolution
 from optimizer.field.nonlinear import solve_pair_nonlinear
@@ -36,6 +36,8 @@ from optimizer.tissue.table import TissueTable, load_tissue_table
 # Unit solutions hold a float64 potential and a float32 field: 12 bytes a voxel. 1.5 GB keeps
 # ~100 pairs of a 1 mm prostate grid, or every pair a search visits on the 2 mm grid.
 DEFAULT_CACHE_BYTES = 1_500_000_000
+# Needles whose voxels and insertion-path check an evaluator remembers (a few kB each).
+NEEDLE_CACHE_SIZE = 4096
 
 
 @dataclass
@@ -109,25 +111,41 @@ class PlanEvaluator:
         self.cache_bytes = int(cache_bytes)
         self._units: OrderedDict[str, _CachedUnit] = OrderedDict()
         self._fields: OrderedDict[tuple[str, str, float], PairSolution] = OrderedDict()
+        # Per needle (a frozen PlanNeedle: tip, direction, exposure, diameter, hole, entry).
+        self._needles: dict[PlanNeedle, tuple[Needle, NeedleVoxels, np.ndarray]] = {}
+        self._paths: dict[PlanNeedle, PathCheck] = {}
         self.stats = CacheStats()
 
     # ---- geometry ----------------------------------------------------------------------
 
-    def _electrode(self, plan: Plan, index: int) -> tuple[Electrode, NeedleVoxels]:
-        needle = plan.needles[index].to_needle()
+    def _voxels(self, spec: PlanNeedle) -> tuple[Needle, NeedleVoxels, np.ndarray]:
+        """The needle, its voxels and its axis in voxel-index space, remembered per needle:
+        a search's plans share most needles, and voxelising one took ~1.4 ms."""
+        hit = self._needles.get(spec)
+        if hit is not None:
+            return hit
+        needle = spec.to_needle()
         voxels = voxelise(needle, self.anatomy.grid)
+        # The needle axis in voxel-index space picks the well-correction cross-section.
+        direction = np.linalg.solve(self.anatomy.grid.affine[:3, :3], needle.direction)
+        entry = (needle, voxels, direction / np.linalg.norm(direction))
+        self._needles[spec] = entry
+        if len(self._needles) > NEEDLE_CACHE_SIZE:
+            self._needles.pop(next(iter(self._needles)))  # the oldest
+        return entry
+
+    def _electrode(self, plan: Plan, index: int) -> tuple[Electrode, NeedleVoxels]:
+        needle, voxels, direction = self._voxels(plan.needles[index])
         if voxels.entirely_outside:
             raise PlanError(
                 f"needle {index} ({needle.label}) has its exposed part entirely outside the "
                 f"planning grid of case {self.anatomy.case_id!r} "
                 f"({self.anatomy.grid.describe()}); move its tip towards the target"
             )
-        # The needle axis in voxel-index space picks the well-correction cross-section.
-        direction = np.linalg.solve(self.anatomy.grid.affine[:3, :3], needle.direction)
         electrode = Electrode(
             indices=np.asarray(voxels.indices, dtype=np.int64),
             radius_mm=voxels.radius_mm,
-            direction=direction / np.linalg.norm(direction),
+            direction=direction,
             label=f"needle {index}",
         )
         return electrode, voxels
@@ -136,7 +154,14 @@ class PlanEvaluator:
         """Insertion paths as a required criterion: a needle through an organ fails it."""
         blocked = []
         for i, n in enumerate(plan.needles):
-            check = check_path(n.to_needle(), self.case.obstacles)
+            check = self._paths.get(n)
+            if check is None:
+                known = self._needles.get(n)  # a needle in no pair was never voxelised
+                needle = known[0] if known is not None else n.to_needle()
+                check = check_path(needle, self.case.obstacles)
+                self._paths[n] = check
+                if len(self._paths) > NEEDLE_CACHE_SIZE:
+                    self._paths.pop(next(iter(self._paths)))
             if not check.ok:
                 blocked.append(f"needle {i}: {check.message}")
         return [

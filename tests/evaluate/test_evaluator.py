@@ -116,3 +116,29 @@ def test_an_exploration_evaluator_computes_the_search_metrics_with_the_same_crit
     assert [r.to_dict() for r in lean.results] == [r.to_dict() for r in full.results]
     with pytest.raises(ValueError, match="metrics_detail"):
         PlanEvaluator(case, load_protocol("ect"), metrics_detail="brief")
+
+
+def test_each_needle_is_voxelised_once_and_the_results_match_a_fresh_evaluator(
+    case, monkeypatch
+):
+    import optimizer.evaluate.evaluator as evaluator_module
+
+    calls: list[object] = []
+    real_voxelise = evaluator_module.voxelise
+
+    def counting(needle, grid):
+        calls.append(needle)
+        return real_voxelise(needle, grid)
+
+    monkeypatch.setattr(evaluator_module, "voxelise", counting)
+    warm = PlanEvaluator(case, load_protocol("ect"), nonlinear=False)
+    plan = square_plan("ect", 1100.0, 8, 5.0)
+    warm.evaluate(plan)
+    assert len(calls) == 4  # four needles, six pairs: each needle voxelised once
+    moved = move_needle(plan, 0, (-1.0, 0.0, 0.0))
+    warm_result = warm.evaluate(moved)
+    assert len(calls) == 5  # only the moved needle is new
+    fresh_result = PlanEvaluator(case, load_protocol("ect"), nonlinear=False).evaluate(moved)
+    assert [(r.id, r.status, r.value) for r in warm_result.results] == [
+        (r.id, r.status, r.value) for r in fresh_result.results
+    ]

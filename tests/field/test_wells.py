@@ -77,3 +77,32 @@ def test_oblique_needles_carry_the_current_of_aligned_ones() -> None:
     aligned = _tilted_pair_current(0.0, 0.0)
     for degrees, offset in ((0.0, 0.5), (20.0, 0.0), (35.0, 0.25), (45.0, 0.0)):
         assert _tilted_pair_current(degrees, offset) == pytest.approx(aligned, rel=0.05)
+
+
+def test_a_solver_computes_each_needles_well_faces_once(monkeypatch) -> None:
+    import optimizer.field.solve as solve_module
+
+    calls: list[int] = []
+    real = solve_module.well_faces
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(solve_module, "well_faces", counting)
+    n = 21
+    grid = VoxelGrid((n, n, n), np.eye(4))
+    direction = np.array([0.0, 0.0, 1.0])
+    a, b, c = (
+        voxelise(Needle(np.array([x, 10.0, 18.0]), direction, 10.0), grid) for x in (4, 10, 16)
+    )
+    solver = FieldSolver(np.full((n, n, n), 0.3), 1.0, backend="cpu")
+    first = solver.operator(a, b)
+    solver.operator(b, c)
+    again = solver.operator(a, b)
+    assert len(calls) == 3  # three needles in three pairs
+    # A fresh solver (nothing remembered) builds the same operator.
+    fresh = FieldSolver(np.full((n, n, n), 0.3), 1.0, backend="cpu").operator(a, b)
+    for op in (again, fresh):
+        for name in ("gx", "gy", "gz", "diag", "g0"):
+            np.testing.assert_array_equal(getattr(op, name), getattr(first, name))
