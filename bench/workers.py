@@ -2,7 +2,7 @@
 
     python bench/workers.py [--case prostatex-0000] [--protocol ect] [--trials 300]
                             [--workers 1 2] [--repeats 2] [--modes reproducible async]
-                            [--target auto] [--out workers.json]
+                            [--sharing on off] [--target auto] [--out workers.json]
 
 Each configuration is a full ``DistributedSearch`` on a local Ray, as ``ectplan plan`` runs it:
 the embedded journal storage in a fresh folder, the default sampler with its seeds, one Numba
@@ -13,7 +13,9 @@ load change on a shared machine hits all of them alike; the median over repeats 
 with the mean evaluation time inside the workers and the driver's CPU time per trial (ask,
 tell, storage, Ray), which together say where the time goes. On Linux the machine's CPU time
 per trial is read from /proc as well: all processes, the workers alone, and the share of the
-machine left idle (a worker waiting for its next plan).
+machine left idle (a worker waiting for its next plan), and the needle-pair solves per trial.
+``--sharing on off`` runs 2+ workers with and without sharing pair solutions between actors
+(services.planner.unit_sharing; on is ``ectplan plan``'s default).
 Also run: 1 worker with every core as Numba threads (the default of ``ectplan plan --workers
 1``), for reference.
 """
@@ -43,12 +45,14 @@ class Measure:
     workers: int
     threads: int
     mode: str
+    sharing: str  # "on": actors share pair solutions (the default with 2+), "off": not
     repeat: int
     trials: int
     explore_s: float
     trials_per_s: float
     mean_eval_ms: float
     driver_cpu_ms_per_trial: float
+    solves_per_trial: float  # Poisson solves of needle pairs per told trial
     machine_cpu_ms_per_trial: float = float("nan")
     workers_cpu_ms_per_trial: float = float("nan")
     idle_share: float = float("nan")
@@ -75,7 +79,7 @@ def _cpu_snapshot(pids: list[int]) -> tuple[float, float, float] | None:
 
 def measure(
     anatomy: Path, protocol_name: str, *, workers: int, threads: int, mode: str, trials: int,
-    repeat: int, target: str,
+    repeat: int, target: str, sharing: str = "on",
 ) -> Measure:  # fmt: skip
     protocol = load_protocol(protocol_name)
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +87,7 @@ def measure(
             anatomy, protocol, trials=trials, workers=workers, seed=repeat,
             storage_url=default_storage_url(tmp), threads_per_worker=threads,
             reproducible=mode == "reproducible", refine_top_k=1, fine_mm=2.0,
-            target_scope=target,
+            target_scope=target, share_units=None if sharing == "on" else False,
         )  # fmt: skip
         with search:
             search.prepare()
@@ -125,30 +129,33 @@ def measure(
                 "idle_share": 1 - busy / total if total > 0 else float("nan"),
             }
         return Measure(
-            workers=workers, threads=threads, mode=mode, repeat=repeat,
+            workers=workers, threads=threads, mode=mode, sharing=sharing, repeat=repeat,
             trials=stats.trials_told, explore_s=stats.explore_s,
             trials_per_s=stats.trials_per_s,
             mean_eval_ms=1000 * statistics.fmean(evals) if evals else float("nan"),
             driver_cpu_ms_per_trial=1000 * (marks.get("last", 0) - marks.get("first", 0)) / told,
+            solves_per_trial=stats.pairs_solved / max(1, stats.trials_told),
             **per_trial,
         )  # fmt: skip
 
 
 def table(measures: list[Measure]) -> str:
-    keys = sorted({(m.mode, m.workers, m.threads) for m in measures})
+    keys = sorted({(m.mode, m.workers, m.threads, m.sharing) for m in measures})
     lines = [
-        f"{'mode':<13} {'workers':>7} {'threads':>7} {'trials/s':>9} {'eval ms':>8} "
+        f"{'mode':<13} {'workers':>7} {'threads':>7} {'sharing':>7} {'trials/s':>9} "
+        f"{'eval ms':>8} {'solves/trial':>12} "
         f"{'driver ms/trial':>15} {'workers ms/trial':>16} {'machine ms/trial':>16} "
         f"{'idle':>5} {'runs':>5}",
-        "-" * 110,
+        "-" * 131,
     ]
-    rate: dict[tuple[str, int, int], float] = {}
+    rate: dict[tuple[str, int, int, str], float] = {}
     for key in keys:
-        runs = [m for m in measures if (m.mode, m.workers, m.threads) == key]
+        runs = [m for m in measures if (m.mode, m.workers, m.threads, m.sharing) == key]
         rate[key] = statistics.median(m.trials_per_s for m in runs)
         lines.append(
-            f"{key[0]:<13} {key[1]:>7} {key[2]:>7} {rate[key]:>9.2f} "
+            f"{key[0]:<13} {key[1]:>7} {key[2]:>7} {key[3]:>7} {rate[key]:>9.2f} "
             f"{statistics.median(m.mean_eval_ms for m in runs):>8.1f} "
+            f"{statistics.median(m.solves_per_trial for m in runs):>12.2f} "
             f"{statistics.median(m.driver_cpu_ms_per_trial for m in runs):>15.1f} "
             f"{statistics.median(m.workers_cpu_ms_per_trial for m in runs):>16.1f} "
             f"{statistics.median(m.machine_cpu_ms_per_trial for m in runs):>16.1f} "
@@ -160,7 +167,8 @@ def table(measures: list[Measure]) -> str:
         for key, r in sorted(rate.items()):
             if key[0] == mode and key[1] > 1 and one:
                 lines.append(
-                    f"{mode}: {key[1]} workers / 1 worker (1 thread each) = {r / one[0]:.2f}x"
+                    f"{mode}: {key[1]} workers (sharing {key[3]}) / 1 worker (1 thread each) "
+                    f"= {r / one[0]:.2f}x"
                 )
     return "\n".join(lines)
 
@@ -176,6 +184,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["reproducible", "async"],
                         choices=["reproducible", "async"])  # fmt: skip
     parser.add_argument("--target", default="auto", choices=["auto", "lesion", "gland"])
+    parser.add_argument("--sharing", nargs="+", default=["on"], choices=["on", "off"],
+                        help="with 2+ workers: actors share pair solutions (on, the default "
+                        "of ectplan plan) or not; both to compare them")  # fmt: skip
     parser.add_argument("--no-reference", action="store_true",
                         help="skip 1 worker with every core as Numba threads")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="write every run as JSON")
@@ -184,19 +195,26 @@ def main() -> None:
     if not anatomy.is_dir():
         sys.exit(f"real anatomy not found at {anatomy} (set ECTPLAN_ANATOMY_DIR)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    configs = [(w, args.threads, mode) for mode in args.modes for w in args.workers]
+    configs = [
+        (w, args.threads, mode, sharing)
+        for mode in args.modes
+        for w in args.workers
+        for sharing in (args.sharing if w > 1 else ["on"])  # one worker has no one to share with
+    ]
     if not args.no_reference:
-        configs.append((1, os.cpu_count() or 1, args.modes[0]))
+        configs.append((1, os.cpu_count() or 1, args.modes[0], "on"))
     measures: list[Measure] = []
     for repeat in range(args.repeats):
-        for workers, threads, mode in configs:
+        for workers, threads, mode, sharing in configs:
             m = measure(anatomy, args.protocol, workers=workers, threads=threads, mode=mode,
-                        trials=args.trials, repeat=repeat, target=args.target)  # fmt: skip
+                        trials=args.trials, repeat=repeat, target=args.target,
+                        sharing=sharing)  # fmt: skip
             measures.append(m)
             print(
-                f"repeat {repeat} {mode} {workers} worker(s) x {threads} thread(s): "
+                f"repeat {repeat} {mode} {workers} worker(s) x {threads} thread(s), sharing "
+                f"{sharing}: "
                 f"{m.trials_per_s:.2f} trials/s, eval {m.mean_eval_ms:.1f} ms, driver "
-                f"{m.driver_cpu_ms_per_trial:.1f} ms/trial",
+                f"{m.driver_cpu_ms_per_trial:.1f} ms/trial, {m.solves_per_trial:.2f} solves/trial",
                 flush=True,
             )
             if args.out is not None:

@@ -41,9 +41,15 @@ NEEDLE_CACHE_SIZE = 4096
 
 
 @dataclass
-class _CachedUnit:
+class CachedUnit:
+    """A pair geometry's unit solution, as the cache holds it (and as actors share it)."""
+
     solution: UnitSolution
     anode_geometry: str  # which needle was at +1 V, to warm-start either polarity correctly
+
+    @property
+    def nbytes(self) -> int:
+        return self.solution.potential_V.nbytes + self.solution.field_V_per_cm.nbytes
 
 
 @dataclass
@@ -53,6 +59,9 @@ class EvaluatedPlan:
     seconds: float
     solved_pairs: int
     reused_pairs: int
+    # Pair geometries whose unit solution this evaluation solved (linear evaluators only):
+    # what an actor can offer the others.
+    solved_units: tuple[str, ...] = ()
 
     @property
     def field_max_V_per_cm(self) -> np.ndarray:
@@ -70,6 +79,7 @@ class CacheStats:
     entries: int = 0
     bytes: int = 0
     evictions: int = 0
+    adopted: int = 0  # unit solutions handed in from elsewhere (another actor's solve)
     solve_seconds: float = 0.0
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -109,7 +119,7 @@ class PlanEvaluator:
         self.solver = FieldSolver(self.model.baseline(self.labels), self.spacing_mm,
                                   backend=backend)
         self.cache_bytes = int(cache_bytes)
-        self._units: OrderedDict[str, _CachedUnit] = OrderedDict()
+        self._units: OrderedDict[str, CachedUnit] = OrderedDict()
         self._fields: OrderedDict[tuple[str, str, float], PairSolution] = OrderedDict()
         # Per needle (a frozen PlanNeedle: tip, direction, exposure, diameter, hole, entry).
         self._needles: dict[PlanNeedle, tuple[Needle, NeedleVoxels, np.ndarray]] = {}
@@ -193,12 +203,12 @@ class PlanEvaluator:
         while self.stats.bytes > self.cache_bytes and (self._units or self._fields):
             victim = self._fields if self._fields else self._units
             _, old = victim.popitem(last=False)
-            sol = old.solution if isinstance(old, _CachedUnit) else old
+            sol = old.solution if isinstance(old, CachedUnit) else old
             self.stats.bytes -= sol.potential_V.nbytes + sol.field_V_per_cm.nbytes
             self.stats.evictions += 1
         self.stats.entries = len(self._units) + len(self._fields)
 
-    def _unit(self, plan: Plan, index: int, anode: Electrode, cathode: Electrode) -> _CachedUnit:
+    def _unit(self, plan: Plan, index: int, anode: Electrode, cathode: Electrode) -> CachedUnit:
         key = plan.pair_geometry_hash(index)
         hit = self._units.get(key)
         if hit is not None:
@@ -210,10 +220,22 @@ class PlanEvaluator:
         self.stats.solve_seconds += time.perf_counter() - started
         self.stats.solves += 1
         anode_key = plan.needles[plan.pairs[index].anode].geometry_key()
-        cached = _CachedUnit(unit, anode_key)
-        self._remember(self._units, key, cached,
-                       unit.potential_V.nbytes + unit.field_V_per_cm.nbytes)
+        cached = CachedUnit(unit, anode_key)
+        self._remember(self._units, key, cached, cached.nbytes)
         return cached
+
+    def cached_unit(self, key: str) -> CachedUnit | None:
+        """The unit solution of pair geometry ``key`` if the cache holds it (not a use)."""
+        return self._units.get(key)
+
+    def adopt_unit(self, key: str, cached: CachedUnit) -> bool:
+        """Take a unit solution solved elsewhere for pair geometry ``key``; False when this
+        cache holds one already (kept: it may be in use)."""
+        if key in self._units:
+            return False
+        self.stats.adopted += 1
+        self._remember(self._units, key, cached, cached.nbytes)
+        return True
 
     def pair_solution(self, plan: Plan, index: int) -> tuple[PairSolution, bool]:
         """(solution of pair ``index`` at its voltage, whether it was solved just now)."""
@@ -251,11 +273,14 @@ class PlanEvaluator:
             raise PlanError("the plan pulses no pair of needles; add at least one pair")
         started = time.perf_counter()
         solutions: list[PairSolution] = []
+        fresh_units: list[str] = []
         solved = 0
         for i in range(len(plan.pairs)):
             solution, fresh = self.pair_solution(plan, i)
             solutions.append(solution)
             solved += int(fresh)
+            if fresh and not self.nonlinear:
+                fresh_units.append(plan.pair_geometry_hash(i))
         evaluation = evaluate_plan(
             plan, self.protocol, self.anatomy,
             [s.field_V_per_cm for s in solutions], [s.current_A for s in solutions],
@@ -265,7 +290,7 @@ class PlanEvaluator:
             evaluation, results=[*self.path_results(plan), *evaluation.results]
         )
         return EvaluatedPlan(evaluation, solutions, time.perf_counter() - started, solved,
-                             len(solutions) - solved)
+                             len(solutions) - solved, tuple(dict.fromkeys(fresh_units)))
 
     def evaluate(self, plan: Plan) -> PlanEvaluation:
         return self.evaluate_with_fields(plan).evaluation
@@ -277,4 +302,5 @@ class PlanEvaluator:
             "entries": self.stats.entries,
             "bytes": self.stats.bytes,
             "evictions": self.stats.evictions,
+            "adopted": self.stats.adopted,
         }

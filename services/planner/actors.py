@@ -5,7 +5,9 @@ puts in the object store once (``ray.put``; Ray hands it to the constructor): a 
 ships only a ``Plan`` (a few kB) and returns a ``PlanEvaluation`` (metrics and criteria,
 ~50 kB), never field arrays. Keeping the
 evaluators in a long-lived actor keeps their pair-solution caches across trials, which is
-what makes a search that revisits needle pairs cheap.
+what makes a search that revisits needle pairs cheap. With several actors, each also shares
+the coarse unit solutions it solves and adopts those the driver hands it with a plan
+(``services.planner.unit_sharing``), so a pair is solved once per search, not once per actor.
 
 Start-up runs one coarse evaluation of a warm-up plan (the first seed: trial 0 then hits the
 cache) and one nonlinear pair on the coarse grid, so Numba's compiles (or cache loads) happen
@@ -15,20 +17,27 @@ per actor), re-applied on every call because Numba's setting is per thread.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from optimizer.anatomy.structures import Anatomy
 from optimizer.case import PreparedCase, prepare_case
 from optimizer.evaluate.evaluation import PlanEvaluation
-from optimizer.evaluate.evaluator import DEFAULT_CACHE_BYTES, EvaluatedPlan, PlanEvaluator
+from optimizer.evaluate.evaluator import (
+    DEFAULT_CACHE_BYTES,
+    CachedUnit,
+    EvaluatedPlan,
+    PlanEvaluator,
+)
 from optimizer.evaluate.plan import Plan, PlanError
 from optimizer.evaluate.protocol import Protocol
 from optimizer.field.errors import SolverError
 from optimizer.tissue.table import TissueTable
+from services.planner.unit_sharing import adopt, solved_bundle
 
 Fidelity = Literal["coarse", "fine"]
 # Errors that condemn one plan, not the worker: told as a failed trial.
@@ -68,6 +77,10 @@ class Reply:
     pid: int
     solved_pairs: int = 0
     reused_pairs: int = 0
+    adopted_pairs: int = 0  # of the reused: handed over from another actor with the plan
+    # Pair geometries whose unit solutions ``evaluate_sharing`` returned (and their bytes).
+    bundled: tuple[str, ...] = ()
+    bundled_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -163,18 +176,43 @@ class EvaluatorWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def evaluate(self, plan: Plan, fidelity: Fidelity = "coarse") -> Reply:
+    def evaluate(
+        self, plan: Plan, fidelity: Fidelity = "coarse", shared: dict[str, Any] | None = None
+    ) -> Reply:
+        """``shared``: pair geometry -> object reference of another actor's unit solution
+        (coarse only), adopted before the plan is evaluated."""
+        return self._evaluate(plan, fidelity, shared)[0]
+
+    def evaluate_sharing(
+        self, plan: Plan, shared: dict[str, Any] | None = None
+    ) -> tuple[Reply, dict[str, CachedUnit]]:
+        """A coarse ``evaluate`` that also returns the unit solutions it solved, for the other
+        actors: call with ``num_returns=2`` and leave the second unread (it stays in the object
+        store, the driver's to hand on; ``services.planner.unit_sharing``)."""
+        reply, solved = self._evaluate(plan, "coarse", shared)
+        bundle = solved_bundle(self.coarse, solved)
+        if not bundle:
+            return reply, bundle
+        nbytes = sum(c.nbytes for c in bundle.values())
+        return dataclasses.replace(reply, bundled=tuple(bundle), bundled_bytes=nbytes), bundle
+
+    def _evaluate(
+        self, plan: Plan, fidelity: Fidelity, shared: dict[str, Any] | None
+    ) -> tuple[Reply, tuple[str, ...]]:
+        """The reply, and the pair geometries whose coarse unit solutions it solved."""
         self.threads = _set_threads(self.threads)
         evaluator = self._evaluator(fidelity)
         started = time.perf_counter()
+        adopted = adopt(evaluator, shared) if shared and evaluator is self.coarse else 0
         try:
             done = evaluator.evaluate_with_fields(plan)
         except PLAN_ERRORS as exc:
-            return Reply(None, str(exc), time.perf_counter() - started, os.getpid())
-        return Reply(
+            return Reply(None, str(exc), time.perf_counter() - started, os.getpid()), ()
+        reply = Reply(
             done.evaluation, None, time.perf_counter() - started, os.getpid(),
-            done.solved_pairs, done.reused_pairs,
+            done.solved_pairs, done.reused_pairs, adopted,
         )  # fmt: skip
+        return reply, done.solved_units if evaluator is self.coarse else ()
 
     def evaluate_with_fields(self, plan: Plan, fidelity: Fidelity = "fine") -> EvaluatedPlan:
         """The evaluation with every pair's field (tens of MB on the fine grid): only for the

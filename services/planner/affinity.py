@@ -10,7 +10,9 @@ third more pairs than with one, which cost more than the second worker gained.
 ``PairAffinity`` remembers which pair geometries each actor has been sent (what its cache
 holds, up to its size) and assigns a batch of plans one to one to free workers, each plan to
 the worker holding most of its pairs. The choice depends only on what was sent before, never
-on timing, so a reproducible search stays reproducible.
+on timing, so a reproducible search stays reproducible. What it cannot place (the plan's
+pairs sit on a busy actor) the receiving actor gets from the other's cache
+(``services.planner.unit_sharing``).
 """
 
 from __future__ import annotations

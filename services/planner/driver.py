@@ -15,9 +15,11 @@ Order of tells and what is reproducible:
   never waits for the driver's tell and ask. The sampler thus sees the same history at every
   ask whatever the arrival order (it lags one batch), and each actor evaluates the same
   sequence of plans, so its pair cache (which decides between a cached and a fresh solve:
-  equal to solver tolerance, not bitwise) is the same too. Same seed, same worker count, same
-  inputs, a fresh study and a run that ends on its trial budget (no time limit reached, no
-  worker lost, not cancelled): same trials, same scores, same plan.
+  equal to solver tolerance, not bitwise) is the same too. So are the pair solutions handed
+  to it from the other actors (``unit_sharing``): the driver registers them as it tells.
+  Same seed, same worker count, same inputs, a fresh study and a run that ends on its trial
+  budget (no time limit reached, no worker lost, not cancelled): same trials, same scores,
+  same plan.
 - ``reproducible=False``: asynchronous. A worker is kept at two queued proposals, and results
   are told as they arrive: no worker waits for a slow batch member, no reproducibility with
   more than one worker.
@@ -108,11 +110,12 @@ from optimizer.search.study import (
 from optimizer.search.study import candidates as trial_candidates
 from optimizer.tissue.table import TissueTable
 from services.planner.actors import CaseSpec, Reply
-from services.planner.affinity import PairAffinity
+from services.planner.affinity import PairAffinity, pair_keys
 from services.planner.cluster import ClusterInfo, connect
 from services.planner.pool import DEFAULT_MAX_RESTARTS, POLL_S, PoolError, Worker, WorkerPool
 from services.planner.progress import ClusterProgress, InFlight
 from services.planner.storage import mask_url, open_storage, study_name_for
+from services.planner.unit_sharing import SharedUnits
 from services.planner.warm_library import DEFAULT_WARM_START_CASES, library_seed_plans
 
 DEFAULT_WORKERS = 2
@@ -140,6 +143,7 @@ class _Task:
     worker: Worker
     handle: ActorHandle  # the actor it went to: a replaced worker has a new one
     order: int  # submission order: an actor runs its tasks in this order
+    bundle: ray.ObjectRef | None = None  # the pair solutions it solves, when actors share
 
 
 @dataclass
@@ -159,6 +163,11 @@ class RunStats:
     failed_trials: int = 0
     worker_deaths: int = 0
     unexpected_errors: int = 0
+    # Exploration's needle pairs: solved by an actor, served from its cache, and of those
+    # handed over from another actor (services.planner.unit_sharing).
+    pairs_solved: int = 0
+    pairs_reused: int = 0
+    pairs_adopted: int = 0
     workers: int = 0
     threads_per_worker: int = 0
     cluster: ClusterInfo | None = None
@@ -242,6 +251,7 @@ class DistributedSearch:
         target_scope: str = "auto",
         library: str | Path | None = None,
         warm_start_cases: int = DEFAULT_WARM_START_CASES,
+        share_units: bool | None = None,
     ) -> None:
         check_budget(trials, time_limit_s, 1)
         if workers < 1:
@@ -272,6 +282,8 @@ class DistributedSearch:
         self.weights = weights if weights is not None else load_score_weights()
         self.max_restarts = max_restarts
         self.cache_bytes = cache_bytes
+        # Actors share coarse pair solutions (None: with more than one worker).
+        self.share_units = workers > 1 if share_units is None else share_units
         self.notes: list[str] = []
         self.stats = RunStats(workers=workers)
         self.pool: WorkerPool | None = None
@@ -358,6 +370,7 @@ class DistributedSearch:
         self.stats.threads_per_worker = threads
         report(f"starting {self.workers} workers ({threads} threads each)")
         self.affinity = PairAffinity(self.warm_plan)
+        self.shared = SharedUnits()
         # Kept on self: a replacement actor is built from the same reference.
         self.anatomy_ref = ray.put(self.anatomy)
         self.pool = WorkerPool(
@@ -453,11 +466,22 @@ class DistributedSearch:
         done_exploring = self.explore_until is not None and time.monotonic() >= self.explore_until
         return not self._late() and not (done_exploring and self.asked > 0)
 
-    def _submit(self, proposal: Proposal, worker: Worker) -> _Task:
+    def _send(self, worker: Worker, plan: Plan) -> tuple[ray.ObjectRef, ray.ObjectRef | None]:
+        """A coarse evaluation on ``worker``, handed the shared solutions of the pairs of
+        ``plan`` it was never sent: (reply, bundle of the pairs it solves, when sharing)."""
         assert self.pool is not None
-        self.affinity.sent(_actor_key(worker), proposal.plan)
-        ref = self.pool.submit(worker, proposal.plan, "coarse")
-        task = _Task(proposal, worker, worker.handle, self.submissions)
+        key = _actor_key(worker)
+        if not self.share_units:
+            self.affinity.sent(key, plan)
+            return self.pool.submit(worker, plan, "coarse"), None
+        held = self.affinity.held(key)
+        shared = self.shared.for_keys(k for k in pair_keys(plan) if k not in held)
+        self.affinity.sent(key, plan)
+        return self.pool.submit_sharing(worker, plan, shared)
+
+    def _submit(self, proposal: Proposal, worker: Worker) -> _Task:
+        ref, bundle = self._send(worker, proposal.plan)
+        task = _Task(proposal, worker, worker.handle, self.submissions, bundle)
         self.submissions += 1
         self.inflight[ref] = task
         return task
@@ -557,6 +581,7 @@ class DistributedSearch:
             else:
                 settled.append((t, _Outcome(reply, reply.error)))
         self.affinity.forget(_actor_key(worker))  # the replacement's cache starts empty
+        self.shared.forget_owner(_actor_key(worker))  # its objects died with it
         try:
             # Before any tell: a tell may ask new plans, which must go to the replacement.
             self.pool.died(worker)
@@ -570,10 +595,9 @@ class DistributedSearch:
             self._record(t, outcome)
         for t in again:
             target = worker if not worker.retired else self._least_loaded()
-            self.affinity.sent(_actor_key(target), t.proposal.plan)
-            ref_again = self.pool.submit(target, t.proposal.plan, "coarse")
+            ref_again, bundle = self._send(target, t.proposal.plan)
             self.inflight[ref_again] = dataclasses.replace(
-                t, worker=target, handle=target.handle, order=self.submissions
+                t, worker=target, handle=target.handle, order=self.submissions, bundle=bundle
             )
             self.submissions += 1
 
@@ -606,6 +630,7 @@ class DistributedSearch:
             trial.set_user_attr(WORKER_PID_ATTR, pid)
         if outcome.reply is not None:
             trial.set_user_attr(EVAL_SECONDS_ATTR, outcome.reply.seconds)
+            self._count_pairs(task, outcome.reply)
         seconds = self._seconds()
         if outcome.reply is None or outcome.reply.evaluation is None:
             record = tell_error(
@@ -625,6 +650,18 @@ class DistributedSearch:
         self.stats.trials_told += 1
         self.history.append(record)
         self._report("explore", "")
+
+    def _count_pairs(self, task: _Task, reply: Reply) -> None:
+        """Pair figures, and the solutions the actor shared. Registered here, at the tell,
+        so that in reproducible order what a plan is handed depends on the trial order only;
+        not those of an actor that has died since (its objects are gone)."""
+        self.stats.pairs_solved += reply.solved_pairs
+        self.stats.pairs_reused += reply.reused_pairs
+        self.stats.pairs_adopted += reply.adopted_pairs
+        alive = task.handle is task.worker.handle and not task.worker.retired
+        if task.bundle is not None and reply.bundled and alive:
+            self.shared.add(_actor_key(task.worker), task.bundle, reply.bundled,
+                            reply.bundled_bytes)  # fmt: skip
 
     # ---- progress ----------------------------------------------------------------------
 

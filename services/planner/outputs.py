@@ -66,6 +66,13 @@ def search_document(result: SearchResult, search: DistributedSearch) -> dict[str
             "refine": stats.refine_s,
         },
         "trials_per_s": stats.trials_per_s,
+        # Exploration's needle pairs: Poisson solves, cache hits, and of those the solutions
+        # handed over from another worker.
+        "pairs": {
+            "solved": stats.pairs_solved,
+            "reused": stats.pairs_reused,
+            "shared": stats.pairs_adopted,
+        },
         "sampler": result.sampler,
         "seed": result.seed,
         "multi_objective": search.multi_objective,

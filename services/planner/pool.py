@@ -124,6 +124,15 @@ class WorkerPool:
         ref: ray.ObjectRef = worker.handle.evaluate.remote(plan, fidelity)
         return ref
 
+    def submit_sharing(
+        self, worker: Worker, plan: Plan, shared: dict[str, ray.ObjectRef]
+    ) -> tuple[ray.ObjectRef, ray.ObjectRef]:
+        """A coarse evaluation handed ``shared`` (other actors' unit solutions for pairs of
+        ``plan`` this one lacks): (its reply, the bundle of pair solutions it solves)."""
+        method: Any = worker.handle.evaluate_sharing
+        reply, bundle = method.options(num_returns=2).remote(plan, shared or None)
+        return reply, bundle
+
     def fields(self, worker: Worker, plan: Plan) -> ray.ObjectRef:
         ref: ray.ObjectRef = worker.handle.evaluate_with_fields.remote(plan, "fine")
         return ref

@@ -24,15 +24,18 @@ def test_a_missing_process_gives_no_snapshot() -> None:
     assert _cpu_snapshot([2**22 + 12345]) is None
 
 
-def _m(workers: int, rate: float, repeat: int) -> Measure:
-    return Measure(workers=workers, threads=1, mode="reproducible", repeat=repeat, trials=300,
-                   explore_s=300 / rate, trials_per_s=rate, mean_eval_ms=20.0,
-                   driver_cpu_ms_per_trial=4.0, machine_cpu_ms_per_trial=30.0,
-                   workers_cpu_ms_per_trial=25.0, idle_share=0.1)  # fmt: skip
+def _m(workers: int, rate: float, repeat: int, sharing: str = "on") -> Measure:
+    return Measure(workers=workers, threads=1, mode="reproducible", sharing=sharing,
+                   repeat=repeat, trials=300, explore_s=300 / rate, trials_per_s=rate,
+                   mean_eval_ms=20.0, driver_cpu_ms_per_trial=4.0, solves_per_trial=0.9,
+                   machine_cpu_ms_per_trial=30.0, workers_cpu_ms_per_trial=25.0,
+                   idle_share=0.1)  # fmt: skip
 
 
 def test_the_table_gives_the_ratio_of_median_throughputs() -> None:
     text = table([_m(1, 40.0, 0), _m(1, 44.0, 1), _m(1, 100.0, 2), _m(2, 60.0, 0),
-                  _m(2, 66.0, 1)])  # fmt: skip
-    assert "reproducible: 2 workers / 1 worker (1 thread each) = 1.43x" in text  # 63 / 44
-    assert "10%" in text
+                  _m(2, 66.0, 1), _m(2, 50.0, 0, "off"), _m(2, 52.0, 1, "off")])  # fmt: skip
+    # 63 / 44 and 51 / 44
+    assert "reproducible: 2 workers (sharing on) / 1 worker (1 thread each) = 1.43x" in text
+    assert "reproducible: 2 workers (sharing off) / 1 worker (1 thread each) = 1.16x" in text
+    assert "10%" in text and "0.90" in text

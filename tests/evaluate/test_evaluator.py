@@ -142,3 +142,20 @@ def test_each_needle_is_voxelised_once_and_the_results_match_a_fresh_evaluator(
     assert [(r.id, r.status, r.value) for r in warm_result.results] == [
         (r.id, r.status, r.value) for r in fresh_result.results
     ]
+
+
+def test_a_unit_solution_adopted_from_another_evaluator_is_a_cache_hit(case):
+    solver_side = PlanEvaluator(case, load_protocol("ect"), nonlinear=False)
+    plan = square_plan("ect", 1100.0, 8, 5.0)
+    solved = solver_side.evaluate_with_fields(plan)
+    assert len(solved.solved_units) == 6
+    receiver = PlanEvaluator(case, load_protocol("ect"), nonlinear=False)
+    for key in solved.solved_units:
+        unit = solver_side.cached_unit(key)
+        assert unit is not None and receiver.adopt_unit(key, unit)
+    assert not receiver.adopt_unit(key, unit)  # held already: kept as it is
+    again = receiver.evaluate_with_fields(plan)
+    assert (again.solved_pairs, again.reused_pairs, again.solved_units) == (0, 6, ())
+    assert receiver.cache_info()["adopted"] == 6
+    for a, b in zip(solved.solutions, again.solutions, strict=True):
+        np.testing.assert_array_equal(a.field_V_per_cm, b.field_V_per_cm)

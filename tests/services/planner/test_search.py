@@ -121,3 +121,12 @@ def test_asynchronous_order_keeps_every_worker_busy_and_tells_every_trial(
     assert result.trials_run == 8 and len(search.study.trials) == 8
     assert all(t.state == TrialState.COMPLETE for t in search.study.trials)
     assert max(busy) == 2 * PIPELINE_DEPTH  # one evaluating and one queued per worker
+
+
+def test_two_workers_hand_pair_solutions_to_each_other(ray_cluster, lesion, ect):
+    with DistributedSearch(lesion, ect, trials=30, workers=2, seed=0, refine_top_k=1,
+                           **QUICK) as search:  # fmt: skip
+        search.run()
+    stats = search.stats
+    assert search.share_units and stats.pairs_adopted > 0
+    assert stats.pairs_solved + stats.pairs_reused >= stats.trials_told

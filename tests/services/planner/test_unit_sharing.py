@@ -1,0 +1,72 @@
+"""Pair solutions handed from one evaluator actor to another through Ray's object store."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+from services.planner.actors import CaseSpec, Reply
+from services.planner.pool import WorkerPool
+from services.planner.unit_sharing import SharedUnits
+from tests.evaluate.cases import move_needle, square_plan
+from tests.services.planner.conftest import LESION_MARGIN_MM
+
+
+@pytest.fixture(scope="module")
+def pool(ray_cluster, lesion, ect):
+    pool = WorkerPool(ray.put(lesion), ect, CaseSpec(2.0, 2.0, LESION_MARGIN_MM), workers=2)
+    assert pool.wait_ready()
+    yield pool
+    pool.shutdown()
+
+
+def _criteria(reply: Reply) -> list[tuple[str, str, float]]:
+    assert reply.evaluation is not None, reply.error
+    return [(r.id, r.status, r.value) for r in reply.evaluation.results]
+
+
+def test_an_actor_evaluates_with_the_pair_solutions_another_actor_solved(pool):
+    plan = square_plan("ect", 1100.0, 8, 5.0)
+    solver, receiver = pool.workers
+    reply_ref, bundle = pool.submit_sharing(solver, plan, {})
+    solved: Reply = ray.get(reply_ref)
+    assert solved.solved_pairs == 6 and len(solved.bundled) == 6 and solved.bundled_bytes > 0
+    handed = dict.fromkeys(solved.bundled, bundle)
+    reply_ref, second_bundle = pool.submit_sharing(receiver, plan, handed)
+    received: Reply = ray.get(reply_ref)
+    assert (received.solved_pairs, received.reused_pairs, received.adopted_pairs) == (0, 6, 6)
+    assert received.bundled == () and ray.get(second_bundle) == {}
+    assert _criteria(received) == _criteria(solved)
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _lost_on_the_way() -> None:
+    raise RuntimeError("the node holding this object went down")
+
+
+def test_a_shared_solution_that_cannot_be_read_is_solved_again(pool):
+    plan = move_needle(square_plan("ect", 1100.0, 8, 5.0), 0, (-2.0, 0.0, 0.0))
+    first, second = pool.workers
+    reply_ref, _ = pool.submit_sharing(first, plan, {})
+    solved: Reply = ray.get(reply_ref)
+    unreadable = _lost_on_the_way.remote()  # ray.get raises, as for a lost object
+    reply_ref, _ = pool.submit_sharing(second, plan, dict.fromkeys(solved.bundled, unreadable))
+    reply: Reply = ray.get(reply_ref)
+    # The plan is evaluated all the same: the pairs it could not adopt are solved here.
+    assert (reply.solved_pairs, reply.adopted_pairs) == (len(solved.bundled), 0)
+    assert len(solved.bundled) > 0 and _criteria(reply) == _criteria(solved)
+
+
+def test_the_driver_keeps_the_newest_solutions_within_its_budget(ray_cluster):
+    unit_bytes = 1000
+    shared = SharedUnits(max_bytes=3 * unit_bytes)
+    a, b = ray.put({"a": 1}), ray.put({"b": 1})
+    shared.add("actor 0", a, ["p1", "p2"], 2 * unit_bytes)
+    shared.add("actor 1", b, ["p2", "p3"], 2 * unit_bytes)  # p2: the first solution is kept
+    assert len(shared) == 3 and shared.bytes == 3 * unit_bytes
+    assert shared.for_keys(["p2", "p3", "p9"]) == {"p2": a, "p3": b}
+    shared.add("actor 1", b, ["p4"], unit_bytes)  # over budget: p1, used least lately, goes
+    assert shared.for_keys(["p1", "p2", "p3", "p4"]) == {"p2": a, "p3": b, "p4": b}
+    shared.forget_owner("actor 1")
+    assert shared.for_keys(["p2", "p3", "p4"]) == {"p2": a}
+    assert shared.bytes == unit_bytes and shared.handed == 6
