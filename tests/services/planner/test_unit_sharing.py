@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import ray
 
 from services.planner.actors import CaseSpec, Reply
@@ -10,51 +9,6 @@ from services.planner.pool import WorkerPool
 from services.planner.unit_sharing import SharedUnits
 from tests.evaluate.cases import move_needle, square_plan
 from tests.services.planner.conftest import LESION_MARGIN_MM
-
-
-@pytest.fixture(scope="module")
-def pool(ray_cluster, lesion, ect):
-    pool = WorkerPool(ray.put(lesion), ect, CaseSpec(2.0, 2.0, LESION_MARGIN_MM), workers=2)
-    assert pool.wait_ready()
-    yield pool
-    pool.shutdown()
-
-
-def _criteria(reply: Reply) -> list[tuple[str, str, float]]:
-    assert reply.evaluation is not None, reply.error
-    return [(r.id, r.status, r.value) for r in reply.evaluation.results]
-
-
-def test_an_actor_evaluates_with_the_pair_solutions_another_actor_solved(pool):
-    plan = square_plan("ect", 1100.0, 8, 5.0)
-    solver, receiver = pool.workers
-    reply_ref, bundle = pool.submit_sharing(solver, plan, {})
-    solved: Reply = ray.get(reply_ref)
-    assert solved.solved_pairs == 6 and len(solved.bundled) == 6 and solved.bundled_bytes > 0
-    handed = dict.fromkeys(solved.bundled, bundle)
-    reply_ref, second_bundle = pool.submit_sharing(receiver, plan, handed)
-    received: Reply = ray.get(reply_ref)
-    assert (received.solved_pairs, received.reused_pairs, received.adopted_pairs) == (0, 6, 6)
-    assert received.bundled == () and ray.get(second_bundle) == {}
-    assert _criteria(received) == _criteria(solved)
-
-
-@ray.remote(num_cpus=0, max_retries=0)
-def _lost_on_the_way() -> None:
-    raise RuntimeError("the node holding this object went down")
-
-
-def test_a_shared_solution_that_cannot_be_read_is_solved_again(pool):
-    plan = move_needle(square_plan("ect", 1100.0, 8, 5.0), 0, (-2.0, 0.0, 0.0))
-    first, second = pool.workers
-    reply_ref, _ = pool.submit_sharing(first, plan, {})
-    solved: Reply = ray.get(reply_ref)
-    unreadable = _lost_on_the_way.remote()  # ray.get raises, as for a lost object
-    reply_ref, _ = pool.submit_sharing(second, plan, dict.fromkeys(solved.bundled, unreadable))
-    reply: Reply = ray.get(reply_ref)
-    # The plan is evaluated all the same: the pairs it could not adopt are solved here.
-    assert (reply.solved_pairs, reply.adopted_pairs) == (len(solved.bundled), 0)
-    assert len(solved.bundled) > 0 and _criteria(reply) == _criteria(solved)
 
 
 def test_the_driver_keeps_the_newest_solutions_within_its_budget(ray_cluster):
@@ -70,3 +24,50 @@ def test_the_driver_keeps_the_newest_solutions_within_its_budget(ray_cluster):
     shared.forget_owner("actor 1")
     assert shared.for_keys(["p2", "p3", "p4"]) == {"p2": a}
     assert shared.bytes == unit_bytes and shared.handed == 6
+
+
+def _criteria(reply: Reply) -> list[tuple[str, str, float]]:
+    assert reply.evaluation is not None, reply.error
+    return [(r.id, r.status, r.value) for r in reply.evaluation.results]
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _lost_on_the_way() -> None:
+    raise RuntimeError("the node holding this object went down")
+
+
+def test_actors_hand_over_pair_solutions_and_solve_those_they_cannot_read(ray_cluster, lesion, ect):
+    # One pool for both cases: a pool kept across tests would hold the CPUs the next test's
+    # check waits for (tests/conftest.py).
+    pool = WorkerPool(ray.put(lesion), ect, CaseSpec(2.0, 2.0, LESION_MARGIN_MM), workers=2)
+    try:
+        assert pool.wait_ready()
+        solver, receiver = pool.workers
+        plan = square_plan("ect", 1100.0, 8, 5.0)
+        reply_ref, bundle = pool.submit_sharing(solver, plan, {})
+        solved: Reply = ray.get(reply_ref)
+        assert solved.solved_pairs == 6 and len(solved.bundled) == 6
+        assert solved.bundled_bytes > 0
+        reply_ref, second_bundle = pool.submit_sharing(
+            receiver, plan, dict.fromkeys(solved.bundled, bundle)
+        )
+        received: Reply = ray.get(reply_ref)
+        assert (received.solved_pairs, received.reused_pairs, received.adopted_pairs) == (0, 6, 6)
+        assert received.bundled == () and ray.get(second_bundle) == {}
+        assert _criteria(received) == _criteria(solved)
+
+        # A solution that cannot be read (ray.get raises, as for a lost object): the plan is
+        # evaluated all the same, the pairs it could not adopt solved where it runs.
+        moved = move_needle(plan, 0, (-2.0, 0.0, 0.0))
+        reply_ref, _ = pool.submit_sharing(solver, moved, {})
+        fresh: Reply = ray.get(reply_ref)
+        assert len(fresh.bundled) == 3  # the pairs of the moved needle
+        unreadable = _lost_on_the_way.remote()
+        reply_ref, _ = pool.submit_sharing(
+            receiver, moved, dict.fromkeys(fresh.bundled, unreadable)
+        )
+        reply: Reply = ray.get(reply_ref)
+        assert (reply.solved_pairs, reply.adopted_pairs) == (3, 0)
+        assert _criteria(reply) == _criteria(fresh)
+    finally:
+        pool.shutdown()
