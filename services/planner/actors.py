@@ -176,19 +176,16 @@ class EvaluatorWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def evaluate(
-        self, plan: Plan, fidelity: Fidelity = "coarse", shared: dict[str, Any] | None = None
-    ) -> Reply:
-        """``shared``: pair geometry -> object reference of another actor's unit solution
-        (coarse only), adopted before the plan is evaluated."""
-        return self._evaluate(plan, fidelity, shared)[0]
+    def evaluate(self, plan: Plan, fidelity: Fidelity = "coarse") -> Reply:
+        return self._evaluate(plan, fidelity, None)[0]
 
     def evaluate_sharing(
         self, plan: Plan, shared: dict[str, Any] | None = None
     ) -> tuple[Reply, dict[str, CachedUnit]]:
         """A coarse ``evaluate`` that also returns the unit solutions it solved, for the other
         actors: call with ``num_returns=2`` and leave the second unread (it stays in the object
-        store, the driver's to hand on; ``services.planner.unit_sharing``)."""
+        store, the driver's to hand on; ``services.planner.unit_sharing``). ``shared``: pair
+        geometry -> reference of another actor's bundle holding it, adopted first."""
         reply, solved = self._evaluate(plan, "coarse", shared)
         bundle = solved_bundle(self.coarse, solved)
         if not bundle:

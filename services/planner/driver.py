@@ -581,7 +581,7 @@ class DistributedSearch:
             else:
                 settled.append((t, _Outcome(reply, reply.error)))
         self.affinity.forget(_actor_key(worker))  # the replacement's cache starts empty
-        self.shared.forget_owner(_actor_key(worker))  # its objects died with it
+        self.shared.forget_owner(_actor_key(worker))  # its node may have gone with it
         try:
             # Before any tell: a tell may ask new plans, which must go to the replacement.
             self.pool.died(worker)
@@ -654,7 +654,7 @@ class DistributedSearch:
     def _count_pairs(self, task: _Task, reply: Reply) -> None:
         """Pair figures, and the solutions the actor shared. Registered here, at the tell,
         so that in reproducible order what a plan is handed depends on the trial order only;
-        not those of an actor that has died since (its objects are gone)."""
+        not those of an actor that has died since (``SharedUnits.forget_owner``)."""
         self.stats.pairs_solved += reply.solved_pairs
         self.stats.pairs_reused += reply.reused_pairs
         self.stats.pairs_adopted += reply.adopted_pairs
