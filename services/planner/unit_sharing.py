@@ -6,9 +6,9 @@ the driver sends each plan to the actor holding most of its pairs (``affinity``)
 against 267 with one: a plan goes to the actor that is free, and a child's pairs often sit on
 the other one. A Poisson solve on the 2 mm grid costs ~19 ms of CPU; handing its result over
 costs ~1 ms (storing 0.5 MB where it was solved) and ~0.2 ms (``ray.get`` where needed).
-A first version had each actor ``ray.put`` its solutions and return the references: every
-solve then put a borrowed reference between actor and driver, and Ray's reference counting
-cost the driver ~2 ms a trial, more than the solves it saved.
+A first version had each actor ``ray.put`` its solutions and return the references, so every
+solve lent a reference from actor to driver: measured asynchronously, the driver spent ~2 ms
+more per trial and the search was no faster.
 
 How:
 - an actor that shares returns the unit solutions it solved as a second return value
@@ -16,8 +16,8 @@ How:
 - the driver (``SharedUnits``) keeps the most recently used bundles up to a byte budget, and
   with each plan it sends the references of the pairs the receiving actor does not hold;
 - that actor (``adopt``) copies them into its cache before evaluating, so the plan's pairs are
-  cache hits. A reference it cannot read (its owner died, the store lost it) is skipped: the
-  pair is solved as before.
+  cache hits. A reference it cannot read (the object was lost, say with its node) is skipped:
+  the pair is solved as before.
 
 A shared solution is the one its owner computed for the same pair geometry, exactly what that
 actor's cache would have served. In reproducible order the driver registers references when
