@@ -41,7 +41,7 @@ from optimizer.evaluate.evaluator import CachedUnit, PlanEvaluator
 # The driver's references, most recently used kept: ~500 unit solutions of a prostate case's
 # 2 mm grid (0.5 MB each on prostatex-0000). Objects it forgets are freed by Ray.
 DEFAULT_SHARED_BYTES = 256 * 1024 * 1024
-# A shared object is local or one transfer away; its owner being dead fails at once.
+# A shared bundle is local or one transfer away; this bounds the wait for a lost one.
 GET_TIMEOUT_S = 10.0
 
 
