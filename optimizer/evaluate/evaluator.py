@@ -260,7 +260,7 @@ class PlanEvaluator:
         started = time.perf_counter()
         solution = solve_pair_nonlinear(
             self.labels, self.model, self.spacing_mm, anode, cathode, v,
-            backend=self.backend, x0=x0,
+            backend=self.backend, x0=x0, well_cache=self.solver.well_cache,
         )
         self.stats.solve_seconds += time.perf_counter() - started
         self.stats.solves += 1

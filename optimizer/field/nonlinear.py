@@ -27,6 +27,7 @@ from optimizer.field.solve import (
     FieldSolver,
     NeedleLike,
     PairSolution,
+    WellFaceCache,
 )
 from optimizer.tissue.conductivity import ConductivityModel
 
@@ -49,13 +50,23 @@ def solve_pair_nonlinear(
     current_rtol: float = PICARD_CURRENT_RTOL,
     max_picard: int = MAX_PICARD_ITERATIONS,
     x0: npt.ArrayLike | None = None,
+    well_cache: WellFaceCache | None = None,
 ) -> PairSolution:
     """The pair with sigma(E); ``picard_iterations`` counts conductivity updates and
-    ``iterations`` all CG iterations. Raises ``ConvergenceError`` after ``max_picard``."""
+    ``iterations`` all CG iterations. Raises ``ConvergenceError`` after ``max_picard``.
+
+    Every conductivity update is a new ``FieldSolver`` on the same grid; they share one
+    ``well_cache`` (pass a longer-lived one, e.g. ``FieldSolver.well_cache`` of a solver of
+    this grid, to share the needles' well faces across pairs too)."""
     if not 0.0 < current_rtol < 1.0:
         raise SolverError(f"current_rtol must be in (0, 1), got {current_rtol!r}")
     solver = FieldSolver(
-        model.baseline(labels), spacing_mm, backend=backend, tol=tol, max_iter=max_iter
+        model.baseline(labels),
+        spacing_mm,
+        backend=backend,
+        tol=tol,
+        max_iter=max_iter,
+        well_cache=well_cache,
     )
     a, c = Electrode.of(anode), Electrode.of(cathode)
     solution = solver.solve(a, c, voltage_V, x0=x0)
@@ -66,7 +77,14 @@ def solve_pair_nonlinear(
     last_step = 0.0
     for picard in range(1, max_picard + 1):
         sigma = sigma + weight * (model.sigma(labels, solution.field_V_per_cm) - sigma)
-        solver = FieldSolver(sigma, spacing_mm, backend=backend, tol=tol, max_iter=max_iter)
+        solver = FieldSolver(
+            sigma,
+            spacing_mm,
+            backend=backend,
+            tol=tol,
+            max_iter=max_iter,
+            well_cache=solver.well_cache,
+        )
         previous = solution
         solution = solver.solve(a, c, voltage_V, x0=previous.potential_V)
         total += solution.iterations

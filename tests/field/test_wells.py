@@ -79,7 +79,9 @@ def test_oblique_needles_carry_the_current_of_aligned_ones() -> None:
         assert _tilted_pair_current(degrees, offset) == pytest.approx(aligned, rel=0.05)
 
 
-def test_a_solver_computes_each_needles_well_faces_once(monkeypatch) -> None:
+@pytest.fixture
+def well_face_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per ``well_faces`` computation by the solver."""
     import optimizer.field.solve as solve_module
 
     calls: list[int] = []
@@ -90,19 +92,58 @@ def test_a_solver_computes_each_needles_well_faces_once(monkeypatch) -> None:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(solve_module, "well_faces", counting)
-    n = 21
+    return calls
+
+
+def _three_needles(n: int):  # type: ignore[no-untyped-def]
     grid = VoxelGrid((n, n, n), np.eye(4))
     direction = np.array([0.0, 0.0, 1.0])
-    a, b, c = (
+    return tuple(
         voxelise(Needle(np.array([x, 10.0, 18.0]), direction, 10.0), grid) for x in (4, 10, 16)
     )
+
+
+def test_a_solver_computes_each_needles_well_faces_once(well_face_calls: list[int]) -> None:
+    n = 21
+    a, b, c = _three_needles(n)
     solver = FieldSolver(np.full((n, n, n), 0.3), 1.0, backend="cpu")
     first = solver.operator(a, b)
     solver.operator(b, c)
     again = solver.operator(a, b)
-    assert len(calls) == 3  # three needles in three pairs
+    assert len(well_face_calls) == 3  # three needles in three pairs
     # A fresh solver (nothing remembered) builds the same operator.
     fresh = FieldSolver(np.full((n, n, n), 0.3), 1.0, backend="cpu").operator(a, b)
     for op in (again, fresh):
         for name in ("gx", "gy", "gz", "diag", "g0"):
             np.testing.assert_array_equal(getattr(op, name), getattr(first, name))
+
+
+def test_solvers_of_one_grid_share_well_faces_across_conductivity_maps(
+    well_face_calls: list[int],
+) -> None:
+    from optimizer.field import solve_pair_nonlinear
+    from optimizer.tissue.conductivity import ConductivityModel
+
+    n = 21
+    a, b, _ = _three_needles(n)
+    labels = np.zeros((n, n, n), dtype=np.int64)
+    model = ConductivityModel.from_table(("prostate",))
+    baseline = FieldSolver(model.baseline(labels), 1.0, backend="cpu")
+    shared = solve_pair_nonlinear(labels, model, 1.0, a, b, 1500.0, backend="cpu",
+                                  well_cache=baseline.well_cache)  # fmt: skip
+    assert shared.picard_iterations >= 2  # several conductivity maps, one grid
+    assert len(well_face_calls) == 2  # once per needle, for every map
+    baseline.operator(b, a)
+    assert len(well_face_calls) == 2
+    # Sharing changes nothing in the result.
+    alone = solve_pair_nonlinear(labels, model, 1.0, a, b, 1500.0, backend="cpu")
+    np.testing.assert_array_equal(alone.potential_V, shared.potential_V)
+    assert alone.current_A == shared.current_A
+
+
+def test_a_well_face_cache_belongs_to_one_grid() -> None:
+    n = 21
+    solver = FieldSolver(np.full((n, n, n), 0.3), 1.0, backend="cpu")
+    with pytest.raises(SolverError, match=r"share a cache only between solvers of one grid"):
+        FieldSolver(np.full((n, n, n + 1), 0.3), 1.0, backend="cpu",
+                    well_cache=solver.well_cache)  # fmt: skip
