@@ -9,13 +9,13 @@ faces zero, no ground tie and ``diag = 1``, so it keeps a zero correction withou
 
 Why the kernels look the way they do (DESIGN.md section 6): the smoother and stencils work on
 whole lines (1-D views, contiguous in the last axis) so LLVM vectorises them; red-black Gauss-
-Seidel updates the cells of one colour of a line with a stride-2 loop (DESIGN.md prefers
-computing the whole line and blending one colour back: with Numba 0.68 that was 1.4-1.5x
-slower per sweep, see ``_gs_plane``); both colours run in one pass over memory, each thread
-owning a block of planes with the second colour one plane behind the first (the two
-block-edge planes of the second colour wait for a second, tiny parallel loop, so the result is
-exactly the sequential red-black sweep, deterministic for any thread count). Conductances, the
-smoother and the multigrid vectors are float32; CG vectors and the solution are float64.
+Seidel computes the update for the whole line and blends back the cells of one colour in the
+parallel sweep, and updates one colour with a stride-2 loop in the serial one (each measured
+faster there; see ``_gs_plane_strided``); both colours run in one pass over memory, each
+thread owning a block of planes with the second colour one plane behind the first (the two
+block-edge planes of the second colour wait for a second, tiny parallel loop, so the result
+is exactly the sequential red-black sweep, deterministic for any thread count). Conductances,
+the smoother and the multigrid vectors are float32; CG vectors and the solution are float64.
 """
 
 from __future__ import annotations
@@ -25,13 +25,56 @@ from numba import njit, prange
 
 
 @njit(inline="always", fastmath=True, cache=True)
-def _gs_plane(e, r, gx, gy, gz, diag, a, colour):  # type: ignore[no-untyped-def]
+def _gs_line(e, r, gx, gy, gz, diag, a, b, tmp):  # type: ignore[no-untyped-def]
+    """Jacobi-style candidate for every cell of line (a, b) into tmp[1..n2]."""
+    n2 = e.shape[2] - 2
+    em = e[a - 1, b]
+    ep = e[a + 1, b]
+    ebm = e[a, b - 1]
+    ebp = e[a, b + 1]
+    e0 = e[a, b]
+    gxm = gx[a - 1, b]
+    gx0 = gx[a, b]
+    gym = gy[a, b - 1]
+    gy0 = gy[a, b]
+    gz0 = gz[a, b]
+    r0 = r[a, b]
+    d0 = diag[a, b]
+    for c in range(1, n2 + 1):
+        s = (
+            np.float32(r0[c])
+            + gxm[c] * em[c]
+            + gx0[c] * ep[c]
+            + gym[c] * ebm[c]
+            + gy0[c] * ebp[c]
+            + gz0[c - 1] * e0[c - 1]
+            + gz0[c] * e0[c + 1]
+        )
+        tmp[c] = s / d0[c]
+
+
+@njit(inline="always", fastmath=True, cache=True)
+def _gs_plane(e, r, gx, gy, gz, diag, a, colour, tmp):  # type: ignore[no-untyped-def]
+    """Gauss-Seidel update of the cells of one colour ((a+b+c) % 2 == colour) in plane a."""
+    n1 = e.shape[1] - 2
+    n2 = e.shape[2] - 2
+    for b in range(1, n1 + 1):
+        _gs_line(e, r, gx, gy, gz, diag, a, b, tmp)
+        e0 = e[a, b]
+        parity = (a + b + colour) & 1
+        for c in range(1, n2 + 1):
+            e0[c] = tmp[c] if (c & 1) == parity else e0[c]
+
+
+@njit(inline="always", fastmath=True, cache=True)
+def _gs_plane_strided(e, r, gx, gy, gz, diag, a, colour):  # type: ignore[no-untyped-def]
     """Gauss-Seidel update of the cells of one colour ((a+b+c) % 2 == colour) in plane a.
 
     Every neighbour of a cell has the other colour, so the cells of one colour are updated in
     any order; the stride-2 loop still vectorises (LLVM's interleaved loads) and does half the
-    arithmetic of computing the whole line and blending one colour back (1.4-1.5x faster per
-    sweep with Numba 0.68 on the 2-core machine, bitwise the same result).
+    arithmetic of ``_gs_plane``. On one thread it sweeps 1.4-1.5x faster (Numba 0.68, 2-core
+    machine, bitwise the same result); in the parallel sweep it was slower (2 threads there,
+    16 on a GPU machine's CPU), so that one keeps ``_gs_plane``.
     """
     n1 = e.shape[1] - 2
     n2 = e.shape[2] - 2
@@ -88,16 +131,17 @@ def _sweep_blocks(e, r, gx, gy, gz, diag, first, nblocks, from_zero):  # type: i
     n0 = e.shape[0] - 2
     for k in prange(nblocks):
         a0, a1 = _block(k, nblocks, n0)
+        tmp = np.empty(e.shape[2], dtype=np.float32)
         if from_zero:
             for a in range(a0, a1):
                 _gs_plane_from_zero(e, r, diag, a, first)
                 if a - 1 > a0:
-                    _gs_plane(e, r, gx, gy, gz, diag, a - 1, second)
+                    _gs_plane(e, r, gx, gy, gz, diag, a - 1, second, tmp)
         else:
             for a in range(a0, a1):
-                _gs_plane(e, r, gx, gy, gz, diag, a, first)
+                _gs_plane(e, r, gx, gy, gz, diag, a, first, tmp)
                 if a - 1 > a0:
-                    _gs_plane(e, r, gx, gy, gz, diag, a - 1, second)
+                    _gs_plane(e, r, gx, gy, gz, diag, a - 1, second, tmp)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -107,10 +151,11 @@ def _sweep_block_edges(e, r, gx, gy, gz, diag, first, nblocks):  # type: ignore[
     n0 = e.shape[0] - 2
     for k in prange(nblocks):
         a0, a1 = _block(k, nblocks, n0)
+        tmp = np.empty(e.shape[2], dtype=np.float32)
         if a1 > a0:
-            _gs_plane(e, r, gx, gy, gz, diag, a0, second)
+            _gs_plane(e, r, gx, gy, gz, diag, a0, second, tmp)
         if a1 - 1 > a0:
-            _gs_plane(e, r, gx, gy, gz, diag, a1 - 1, second)
+            _gs_plane(e, r, gx, gy, gz, diag, a1 - 1, second, tmp)
 
 
 @njit(fastmath=True, cache=True)
@@ -122,10 +167,10 @@ def _sweep_serial(e, r, gx, gy, gz, diag, first, from_zero):  # type: ignore[no-
         if from_zero:
             _gs_plane_from_zero(e, r, diag, a, first)
         else:
-            _gs_plane(e, r, gx, gy, gz, diag, a, first)
+            _gs_plane_strided(e, r, gx, gy, gz, diag, a, first)
         if a > 1:
-            _gs_plane(e, r, gx, gy, gz, diag, a - 1, second)
-    _gs_plane(e, r, gx, gy, gz, diag, n0, second)
+            _gs_plane_strided(e, r, gx, gy, gz, diag, a - 1, second)
+    _gs_plane_strided(e, r, gx, gy, gz, diag, n0, second)
 
 
 # The two parallel parts are separate compiled functions on purpose: the edge planes read
