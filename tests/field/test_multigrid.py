@@ -51,10 +51,12 @@ def _reference_sweep(e, r, gx, gy, gz, diag, first):  # type: ignore[no-untyped-
     return e
 
 
-@pytest.mark.parametrize("n0", [7, 8, 12])
+# Lines of 37 and 38 cells run the vectorised body of the one-colour (stride-2) loop of the
+# serial sweep, and its remainder, for both parities.
+@pytest.mark.parametrize("n0, n2", [(7, 5), (8, 5), (12, 5), (7, 37), (8, 38)])
 @pytest.mark.parametrize("nblocks", [1, 2, 3])
-def test_fused_smoother_is_red_black_gauss_seidel(n0: int, nblocks: int) -> None:
-    gx, gy, gz, diag, r, e = _random_level((n0, 6, 5), n0)
+def test_fused_smoother_is_red_black_gauss_seidel(n0: int, n2: int, nblocks: int) -> None:
+    gx, gy, gz, diag, r, e = _random_level((n0, 6, n2), n0)
     for first in (0, 1):
         got = e.copy()
         ck.smooth(got, r, gx, gy, gz, diag, first, nblocks)
