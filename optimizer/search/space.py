@@ -74,8 +74,9 @@ PAIR_PATTERNS = ("all", "adjacent")
 # train's parameter (``ratio_<train>``, whose key may end in a digit) for a slot's.
 SLOT_STEMS = "(?:hole_col|hole_row|hole|tip_offset|exposure|core)"
 # Needles (and their exposed segments) a space remembers: a search decodes every proposal
-# twice (the sampler's duplicate check, the plan) and its plans share most needles; building
-# one took ~0.15 ms, a sixth of the driver's time per trial. A few kB each.
+# twice (the sampler's duplicate check, the plan) and its plans share most needles; decoding
+# was a sixth of the driver's time per trial (cProfile), building a needle ~0.15 ms of it.
+# A few kB each.
 NEEDLE_MEMO_SIZE = 20000
 
 
