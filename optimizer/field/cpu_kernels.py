@@ -25,8 +25,8 @@ from numba import njit, prange
 
 
 @njit(inline="always", fastmath=True, cache=True)
-def _gs_line(e, r, gx, gy, gz, diag, a, b, tmp):  # type: ignore[no-untyped-def]
-    """Jacobi-style candidate for every cell of line (a, b) into tmp[1..n2]."""
+def _gs_line(e, r, gx, gy, gz, diag, a, b, out, first, step):  # type: ignore[no-untyped-def]
+    """Jacobi-style update of cells first, first + step, ... of line (a, b) into out[c]."""
     n2 = e.shape[2] - 2
     em = e[a - 1, b]
     ep = e[a + 1, b]
@@ -40,7 +40,7 @@ def _gs_line(e, r, gx, gy, gz, diag, a, b, tmp):  # type: ignore[no-untyped-def]
     gz0 = gz[a, b]
     r0 = r[a, b]
     d0 = diag[a, b]
-    for c in range(1, n2 + 1):
+    for c in range(first, n2 + 1, step):
         s = (
             np.float32(r0[c])
             + gxm[c] * em[c]
@@ -50,7 +50,7 @@ def _gs_line(e, r, gx, gy, gz, diag, a, b, tmp):  # type: ignore[no-untyped-def]
             + gz0[c - 1] * e0[c - 1]
             + gz0[c] * e0[c + 1]
         )
-        tmp[c] = s / d0[c]
+        out[c] = s / d0[c]
 
 
 @njit(inline="always", fastmath=True, cache=True)
@@ -59,7 +59,7 @@ def _gs_plane(e, r, gx, gy, gz, diag, a, colour, tmp):  # type: ignore[no-untype
     n1 = e.shape[1] - 2
     n2 = e.shape[2] - 2
     for b in range(1, n1 + 1):
-        _gs_line(e, r, gx, gy, gz, diag, a, b, tmp)
+        _gs_line(e, r, gx, gy, gz, diag, a, b, tmp, 1, 1)
         e0 = e[a, b]
         parity = (a + b + colour) & 1
         for c in range(1, n2 + 1):
@@ -77,31 +77,9 @@ def _gs_plane_strided(e, r, gx, gy, gz, diag, a, colour):  # type: ignore[no-unt
     16 on a GPU machine's CPU), so that one keeps ``_gs_plane``.
     """
     n1 = e.shape[1] - 2
-    n2 = e.shape[2] - 2
     for b in range(1, n1 + 1):
-        em = e[a - 1, b]
-        ep = e[a + 1, b]
-        ebm = e[a, b - 1]
-        ebp = e[a, b + 1]
-        e0 = e[a, b]
-        gxm = gx[a - 1, b]
-        gx0 = gx[a, b]
-        gym = gy[a, b - 1]
-        gy0 = gy[a, b]
-        gz0 = gz[a, b]
-        r0 = r[a, b]
-        d0 = diag[a, b]
-        for c in range(2 - ((a + b + colour) & 1), n2 + 1, 2):
-            s = (
-                np.float32(r0[c])
-                + gxm[c] * em[c]
-                + gx0[c] * ep[c]
-                + gym[c] * ebm[c]
-                + gy0[c] * ebp[c]
-                + gz0[c - 1] * e0[c - 1]
-                + gz0[c] * e0[c + 1]
-            )
-            e0[c] = s / d0[c]
+        # Writing into the line itself is safe: the cells read there have the other colour.
+        _gs_line(e, r, gx, gy, gz, diag, a, b, e[a, b], 2 - ((a + b + colour) & 1), 2)
 
 
 @njit(inline="always", fastmath=True, cache=True)
