@@ -82,35 +82,26 @@ def test_random_params_give_admissible_clear_plans_that_round_trip(space, data):
     assert geometry(space.decode(space.encode(plan))) == geometry(plan)
 
 
-def test_remembered_needles_decode_to_the_same_plans(phantom_gland_case, ect, monkeypatch):
-    import optimizer.search.space as space_module
+@pytest.fixture(scope="module")
+def forgetting_space(phantom_gland_case: PreparedCase, ect: Protocol) -> SearchSpace:
+    """A space that forgets its needles at every new one."""
+    space = SearchSpace(phantom_gland_case, ect)
+    space._memo_size = 1
+    return space
 
-    remembering = SearchSpace(phantom_gland_case, ect)
-    monkeypatch.setattr(space_module, "NEEDLE_MEMO_SIZE", 1)  # forgets at every new needle
-    forgetting = SearchSpace(phantom_gland_case, ect)
-    rng = np.random.default_rng(7)
-    for _ in range(30):
-        params = {name: _draw(dist, rng) for name, dist in remembering.distributions().items()}
-        for _ in range(2):  # the second decode reads the memo
-            assert remembering.decode(params) == forgetting.decode(params)
-    assert len(forgetting._needle_memo) <= 1
-    assert len(remembering._needle_memo) > 30  # it did remember
-    needle = remembering.decode(params).needles[0]
-    _, tip = remembering._exposed_segment(needle)
+
+@given(data=st.data())
+@SLOW
+def test_remembered_needles_decode_to_the_same_plans(space, forgetting_space, data):
+    params = data.draw(params_strategy(space))
+    for _ in range(2):  # the second decode reads the memo
+        assert space.decode(params) == forgetting_space.decode(params)
+    assert len(forgetting_space._needle_memo) <= 1
+    needle = space.decode(params).needles[0]
+    assert any(kept is needle for kept in space._needle_memo.values())  # the same object
+    _, tip = space._exposed_segment(needle)
     with pytest.raises(ValueError, match="read-only"):
         tip[0] = 0.0  # shared between plans: nobody may move it
-
-
-def _draw(dist: BaseDistribution, rng: np.random.Generator) -> object:
-    if isinstance(dist, CategoricalDistribution):
-        return dist.choices[int(rng.integers(len(dist.choices)))]
-    if isinstance(dist, IntDistribution):
-        return int(rng.integers(dist.low, dist.high + 1))
-    assert isinstance(dist, FloatDistribution)
-    if dist.step is None:
-        return float(rng.uniform(dist.low, dist.high))
-    steps = round((dist.high - dist.low) / dist.step)
-    return dist.low + int(rng.integers(steps + 1)) * dist.step
 
 
 @given(data=st.data())
