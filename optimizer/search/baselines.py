@@ -16,7 +16,7 @@ random (``_random_now``; ectplan's own GA changes that rule, optimizer.search.ni
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from optuna.distributions import (
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from optimizer.search.objective import ranking_key
+from optimizer.search.ranked import CompletedTrials, RankedTrials, rank
 from optimizer.search.space import SearchSpace
 
 DEFAULT_POPULATION = 20
@@ -75,9 +75,10 @@ class GeneticSampler(BaseSampler):
         self.mutation_rate = mutation_rate
         self._rng = np.random.RandomState(seed)
         self._random = RandomSampler(seed=seed)
-        # Per study: the completed trial numbers seen and their plans' identities. Decoding
-        # every evaluated plan at every ask made a long search quadratic.
-        self._known: dict[int, tuple[set[int], set[str]]] = {}
+        # Per study: the completed trials in number and rank order, and their plans'
+        # identities, updated with the trials completed since the last ask: decoding,
+        # filtering and sorting every evaluated plan at every ask made a long search quadratic.
+        self._completed_trials: dict[int, CompletedTrials] = {}
         # Identities of bred children not yet seen evaluated: decoding a plan is most of the
         # sampler's time per trial, so a child's is not computed a second time in ``_seen``.
         self._bred: dict[tuple[tuple[str, Any], ...], str] = {}
@@ -98,17 +99,44 @@ class GeneticSampler(BaseSampler):
             return {}
         if len(study.directions) > 1:
             raise ValueError("the genetic baseline is single-objective; use nsga2 for several")
-        done = [
-            t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if search_space.keys() <= t.params.keys()
-        ]
-        if self._random_now(trial, done):
+        done = self._completed(study, search_space)
+        if self._random_now(trial, done, self._ranking(study, done)):
             return {}  # sample_independent fills every parameter
         child, identity = self._child(study, done, self._seen(study, done))
         out = {name: child[name] for name in search_space}
         self._bred[_params_key(out)] = identity
         return out
+
+    def _completed(
+        self, study: Study, search_space: dict[str, BaseDistribution]
+    ) -> list[FrozenTrial]:
+        """The completed trials that carry every parameter of ``search_space``, in number
+        order: the study's ``CompletedTrials`` record, brought up to date."""
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        names = search_space.keys()
+        if names != self._distributions.keys():
+            return [t for t in complete if names <= t.params.keys()]
+        record = self._completed_trials.get(study._study_id)
+        if record is None or not record.follows(study._storage, complete):
+            record = CompletedTrials(study._storage, names, self._groups_of)
+            self._completed_trials[study._study_id] = record
+        for t in record.update(complete):
+            record.identities.add(self._identity_of_evaluated(t))
+        return record.trials
+
+    def _record(self, study: Study, done: Sequence[FrozenTrial]) -> CompletedTrials | None:
+        """The study's record when ``done`` is its list of trials (not a caller's own)."""
+        record = self._completed_trials.get(study._study_id)
+        return record if record is not None and done is record.trials else None
+
+    def _ranking(self, study: Study, done: Sequence[FrozenTrial]) -> RankedTrials:
+        """``done`` in rank order, with the groups ``_groups_of`` names."""
+        record = self._record(study, done)
+        return record.ranked if record is not None else RankedTrials.of(done, self._groups_of)
+
+    def _groups_of(self, trial: FrozenTrial) -> Iterable[Hashable]:
+        """The groups a completed trial is ranked in besides the whole study: none here."""
+        return ()
 
     def _child(
         self, study: Study, done: Sequence[FrozenTrial], seen: set[str]
@@ -125,7 +153,9 @@ class GeneticSampler(BaseSampler):
                 break
         return child, identity
 
-    def _random_now(self, trial: FrozenTrial, done: Sequence[FrozenTrial]) -> bool:
+    def _random_now(
+        self, trial: FrozenTrial, done: Sequence[FrozenTrial], ranked: RankedTrials
+    ) -> bool:
         """Whether ``trial`` is a random plan: the first generation."""
         return len(done) < self.population_size
 
@@ -142,7 +172,7 @@ class GeneticSampler(BaseSampler):
 
     def _breeding_pool(self, study: Study, done: Sequence[FrozenTrial]) -> list[FrozenTrial]:
         """The trials parents are drawn from: the best ``population_size`` (elitism)."""
-        return sorted(done, key=rank)[: self.population_size]
+        return self._ranking(study, done).best(self.population_size)
 
     def _tournament(self, population: Sequence[FrozenTrial]) -> FrozenTrial:
         picks = self._rng.choice(len(population), size=self.tournament_size, replace=True)
@@ -185,14 +215,15 @@ class GeneticSampler(BaseSampler):
         return self._space.decode(params).model_dump_json(exclude={"name", "notes"})
 
     def _seen(self, study: Study, done: Sequence[FrozenTrial]) -> set[str]:
-        """Identities of the plans in ``done``, kept up to date rather than rebuilt per ask."""
-        numbers, identities = self._known.setdefault(study._study_id, (set(), set()))
-        for t in done:
-            if t.number not in numbers:
-                numbers.add(t.number)
-                bred = self._bred.pop(_params_key(t.params), None)
-                identities.add(bred if bred is not None else self._identity(t.params))
-        return identities
+        """Identities of the plans in ``done``."""
+        record = self._record(study, done)
+        if record is not None:
+            return record.identities
+        return {self._identity_of_evaluated(t) for t in done}
+
+    def _identity_of_evaluated(self, trial: FrozenTrial) -> str:
+        bred = self._bred.pop(_params_key(trial.params), None)
+        return bred if bred is not None else self._identity(trial.params)
 
     def _mutate_gene(self, value: Any, dist: BaseDistribution) -> Any:
         if isinstance(dist, CategoricalDistribution):
@@ -216,9 +247,3 @@ class GeneticSampler(BaseSampler):
 
 def _params_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(params.items()))
-
-
-def rank(trial: FrozenTrial) -> tuple[int, float]:
-    """A completed trial's place in the search's order: passing plans first, then score."""
-    value = trial.values[0] if trial.values else math.inf
-    return ranking_key(bool(trial.user_attrs.get("passed", False)), value)

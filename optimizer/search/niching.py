@@ -75,13 +75,14 @@ stays the benchmark's baseline unchanged).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 from optuna import Study
 from optuna.trial import FrozenTrial
 
-from optimizer.search.baselines import MAX_DUPLICATE_RETRIES, GeneticSampler, rank
+from optimizer.search.baselines import MAX_DUPLICATE_RETRIES, GeneticSampler
+from optimizer.search.ranked import RankedTrials
 from optimizer.search.space import SearchSpace
 
 # Share of children bred inside a niche: enough to carry a fewer-needle lineage to a passing
@@ -99,6 +100,11 @@ NICHE_KINDS = ("needles", "cores")
 MIN_CORE_NEEDLES = 2
 # Optuna's system attribute of a trial asked from ``Study.enqueue_trial``.
 ENQUEUED_ATTR = "fixed_params"
+# Groups of the ranking besides the niches: passing plans, passing plans that could lose a
+# needle, and the plans the sampler proposed itself (not enqueued).
+_PASSED = ("passed",)
+_DROPPABLE = ("droppable",)
+_OWN = ("own",)
 
 
 class NichedGeneticSampler(GeneticSampler):
@@ -120,12 +126,29 @@ class NichedGeneticSampler(GeneticSampler):
         self.niche_prob = niche_prob
         self.drop_prob = drop_prob
 
-    def _random_now(self, trial: FrozenTrial, done: Sequence[FrozenTrial]) -> bool:
+    def _groups_of(self, trial: FrozenTrial) -> Iterable[Hashable]:
+        """A trial's needle count and core needle count (its niches once they are below the
+        best passing plan's), whether it could lose a needle, passed, and was not enqueued."""
+        space = self._space
+        needles = space.n_needles(trial.params)
+        cores = len(space.core_slots(trial.params))
+        groups: list[Hashable] = [("needles", needles), ("cores", cores)]
+        if trial.user_attrs.get("passed", False):
+            groups.append(_PASSED)
+            if needles > space.n_min:
+                groups.append(_DROPPABLE)
+        if ENQUEUED_ATTR not in trial.system_attrs:
+            groups.append(_OWN)
+        return groups
+
+    def _random_now(
+        self, trial: FrozenTrial, done: Sequence[FrozenTrial], ranked: RankedTrials
+    ) -> bool:
         if len(done) < self.population_size:
             return True
-        if trial.number % 2 == 0 or any(t.user_attrs.get("passed", False) for t in done):
+        if trial.number % 2 == 0 or ranked.size(_PASSED) > 0:
             return False
-        return sum(ENQUEUED_ATTR not in t.system_attrs for t in done) < 2 * self.population_size
+        return ranked.size(_OWN) < 2 * self.population_size
 
     def _child(
         self, study: Study, done: Sequence[FrozenTrial], seen: set[str]
@@ -133,14 +156,7 @@ class NichedGeneticSampler(GeneticSampler):
         """With probability ``drop_prob`` once a passing plan could lose a needle: one of the
         best such plans (tournament) with one needle taken out, not evaluated before (``seen``);
         otherwise, or when no such plan turns up, a child bred as by the GA."""
-        droppable = sorted(
-            (
-                t for t in done
-                if t.user_attrs.get("passed", False)
-                and self._space.n_needles(t.params) > self._space.n_min
-            ),
-            key=rank,
-        )[: self.population_size]  # fmt: skip
+        droppable = self._ranking(study, done).best(self.population_size, _DROPPABLE)
         if droppable and self.drop_prob > 0.0 and self._rng.rand() < self.drop_prob:
             for _ in range(MAX_DUPLICATE_RETRIES):
                 parent = self._tournament(droppable)
@@ -158,19 +174,20 @@ class NichedGeneticSampler(GeneticSampler):
         space = self._space
         best_needles = space.n_needles(elite[0].params)
         best_cores = len(space.core_slots(elite[0].params))
-        members: dict[tuple[str, int], list[FrozenTrial]] = {}
-        for t in done:
-            needles = space.n_needles(t.params)
-            if needles < best_needles:
-                members.setdefault(("needles", needles), []).append(t)
-            cores = len(space.core_slots(t.params))
-            if MIN_CORE_NEEDLES <= cores < best_cores:
-                members.setdefault(("cores", cores), []).append(t)
-        niches = sorted(
-            (key for key, trials in members.items() if len(trials) >= MIN_NICHE_SIZE),
-            key=lambda key: (NICHE_KINDS.index(key[0]), key[1]),
-        )
+        ranked = self._ranking(study, done)
+        niches: list[tuple[str, int]] = []
+        for key in ranked.groups():
+            if not (isinstance(key, tuple) and len(key) == 2 and key[0] in NICHE_KINDS):
+                continue
+            kind, count = key
+            if kind == "needles":
+                below_best = count < best_needles
+            else:
+                below_best = MIN_CORE_NEEDLES <= count < best_cores
+            if below_best and ranked.size(key) >= MIN_NICHE_SIZE:
+                niches.append((kind, count))
+        niches.sort(key=lambda key: (NICHE_KINDS.index(key[0]), key[1]))
         if not niches:
             return elite
         chosen = niches[self._rng.randint(len(niches))]
-        return sorted(members[chosen], key=rank)[: self.population_size]
+        return ranked.best(self.population_size, chosen)
