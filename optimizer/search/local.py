@@ -256,7 +256,7 @@ def run_search(
         space, chosen, multi_objective=multi_objective, storage=storage, study_name=study_name
     )
     notes: list[str] = []
-    if not study.trials:
+    if not study.get_trials(deepcopy=False):
         starts = geometric_seed_params(space) if geometric_seeds else []
         extra, skipped = seed_params_from_plans(space, seed_plans)
         notes += skipped
@@ -374,7 +374,7 @@ def run_search(
         refined=refined,
         history=history,
         trials_run=run,
-        trials_in_study=sum(t.state.is_finished() for t in study.trials),
+        trials_in_study=sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)),
         elapsed_s=time.monotonic() - started,
         stopped_by=stopped_by,
         study_name=study.study_name,
