@@ -38,6 +38,8 @@ DEFAULT_TOURNAMENT = 3
 DEFAULT_CROSSOVER_PROB = 0.9
 # A child identical to an evaluated plan is bred again, at most this many times.
 MAX_DUPLICATE_RETRIES = 10
+# Plan identities remembered by parameter set (1-3 kB each with its key), then all forgotten.
+IDENTITY_MEMO_SIZE = 5_000
 # Gaussian mutation width of a numeric gene, as a fraction of its range.
 MUTATION_SIGMA_FRACTION = 0.15
 
@@ -79,9 +81,11 @@ class GeneticSampler(BaseSampler):
         # identities, updated with the trials completed since the last ask: decoding,
         # filtering and sorting every evaluated plan at every ask made a long search quadratic.
         self._completed_trials: dict[int, CompletedTrials] = {}
-        # Identities of bred children not yet seen evaluated: decoding a plan is most of the
-        # sampler's time per trial, so a child's is not computed a second time in ``_seen``.
-        self._bred: dict[tuple[tuple[str, Any], ...], str] = {}
+        # Plan identities by parameters, at most IDENTITY_MEMO_SIZE: decoding a plan is most
+        # of the sampler's time per trial, each child's identity is wanted again once it is
+        # evaluated, and half the children bred again (a plan evaluated before) repeat a
+        # parameter set seen before (prostatex-0000 ECT, 800 trials: 1180 of 2372).
+        self._identities: dict[tuple[tuple[str, Any], ...], str] = {}
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -102,27 +106,29 @@ class GeneticSampler(BaseSampler):
         done = self._completed(study, search_space)
         if self._random_now(trial, done, self._ranking(study, done)):
             return {}  # sample_independent fills every parameter
-        child, identity = self._child(study, done, self._seen(study, done))
-        out = {name: child[name] for name in search_space}
-        self._bred[_params_key(out)] = identity
-        return out
+        child = self._child(study, done, self._seen(study, done))
+        return {name: child[name] for name in search_space}
 
     def _completed(
         self, study: Study, search_space: dict[str, BaseDistribution]
     ) -> list[FrozenTrial]:
         """The completed trials that carry every parameter of ``search_space``, in number
         order: the study's ``CompletedTrials`` record, brought up to date."""
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         names = search_space.keys()
-        if names != self._distributions.keys():
-            return [t for t in complete if names <= t.params.keys()]
-        record = self._completed_trials.get(study._study_id)
-        if record is None or not record.follows(study._storage, complete):
-            record = CompletedTrials(study._storage, names, self._groups_of)
-            self._completed_trials[study._study_id] = record
-        for t in record.update(complete):
-            record.identities.add(self._identity_of_evaluated(t))
-        return record.trials
+        every_trial = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        if names == self._distributions.keys():
+            record = self._completed_trials.get(study._study_id)
+            if record is None or not record.follows(study._storage, every_trial):
+                record = CompletedTrials(study._storage, names, self._groups_of)
+                self._completed_trials[study._study_id] = record
+            new = record.update(every_trial)
+            if new is not None:
+                for t in new:
+                    record.identities.add(self._identity(t.params))
+                return record.trials
+        return [
+            t for t in every_trial if t.state == TrialState.COMPLETE and names <= t.params.keys()
+        ]
 
     def _record(self, study: Study, done: Sequence[FrozenTrial]) -> CompletedTrials | None:
         """The study's record when ``done`` is its list of trials (not a caller's own)."""
@@ -138,20 +144,17 @@ class GeneticSampler(BaseSampler):
         """The groups a completed trial is ranked in besides the whole study: none here."""
         return ()
 
-    def _child(
-        self, study: Study, done: Sequence[FrozenTrial], seen: set[str]
-    ) -> tuple[dict[str, Any], str]:
-        """A child's parameters and plan identity: two tournament parents crossed over and
-        mutated, bred again while it repeats an evaluated plan (``seen``)."""
+    def _child(self, study: Study, done: Sequence[FrozenTrial], seen: set[str]) -> dict[str, Any]:
+        """A child's parameters: two tournament parents crossed over and mutated, bred again
+        while it repeats an evaluated plan (``seen``)."""
         population = self._breeding_pool(study, done)
         for _ in range(MAX_DUPLICATE_RETRIES):
             mother = self._tournament(population)
             father = self._tournament(population)
             child = self._mutate(self._crossover(mother.params, father.params))
-            identity = self._identity(child)
-            if identity not in seen:
+            if self._identity(child) not in seen:
                 break
-        return child, identity
+        return child
 
     def _random_now(
         self, trial: FrozenTrial, done: Sequence[FrozenTrial], ranked: RankedTrials
@@ -212,18 +215,21 @@ class GeneticSampler(BaseSampler):
         return out
 
     def _identity(self, params: dict[str, Any]) -> str:
-        return self._space.decode(params).model_dump_json(exclude={"name", "notes"})
+        key = _params_key(params)
+        identity = self._identities.get(key)
+        if identity is None:
+            if len(self._identities) >= IDENTITY_MEMO_SIZE:
+                self._identities.clear()
+            identity = self._space.decode(params).model_dump_json(exclude={"name", "notes"})
+            self._identities[key] = identity
+        return identity
 
     def _seen(self, study: Study, done: Sequence[FrozenTrial]) -> set[str]:
         """Identities of the plans in ``done``."""
         record = self._record(study, done)
         if record is not None:
             return record.identities
-        return {self._identity_of_evaluated(t) for t in done}
-
-    def _identity_of_evaluated(self, trial: FrozenTrial) -> str:
-        bred = self._bred.pop(_params_key(trial.params), None)
-        return bred if bred is not None else self._identity(trial.params)
+        return {self._identity(t.params) for t in done}
 
     def _mutate_gene(self, value: Any, dist: BaseDistribution) -> Any:
         if isinstance(dist, CategoricalDistribution):

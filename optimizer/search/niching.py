@@ -152,7 +152,7 @@ class NichedGeneticSampler(GeneticSampler):
 
     def _child(
         self, study: Study, done: Sequence[FrozenTrial], seen: set[str]
-    ) -> tuple[dict[str, Any], str]:
+    ) -> dict[str, Any]:
         """With probability ``drop_prob`` once a passing plan could lose a needle: one of the
         best such plans (tournament) with one needle taken out, not evaluated before (``seen``);
         otherwise, or when no such plan turns up, a child bred as by the GA."""
@@ -162,9 +162,8 @@ class NichedGeneticSampler(GeneticSampler):
                 parent = self._tournament(droppable)
                 slot = self._rng.randint(self._space.n_needles(parent.params))
                 child = self._space.without_needle(parent.params, int(slot))
-                identity = self._identity(child)
-                if identity not in seen:
-                    return child, identity
+                if self._identity(child) not in seen:
+                    return child
         return super()._child(study, done, seen)
 
     def _breeding_pool(self, study: Study, done: Sequence[FrozenTrial]) -> list[FrozenTrial]:

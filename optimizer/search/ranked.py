@@ -5,12 +5,12 @@ niche, the plans that could lose a needle) and re-read every trial's needle coun
 study's other per-trial work that was most of the driver's CPU per trial in a long search,
 and on a 2-core machine the driver's CPU comes out of the evaluations (bench/workers.py).
 
-``CompletedTrials`` finds the trials completed since the last ask without reading the others
-(completed trials stay completed), and ``RankedTrials`` files each of them once into the
-whole ranking and into the groups ``group_keys`` names for it (such as "plans of 3 needles").
-A ranking is
-``sorted(trials, key=rank)`` with the trials in number order, as a stable sort gives it:
-equal ranks stay in number order, so the samplers draw exactly the parents they drew before.
+``CompletedTrials`` finds the trials completed since the last ask by reading only those in
+flight then and those asked since (a finished trial stays as it is), and ``RankedTrials``
+files each of them once into the whole ranking and into the groups ``group_keys`` names for
+it (such as "plans of 3 needles"). A ranking is ``sorted(trials, key=rank)`` with the trials
+in number order, as a stable sort gives it: equal ranks stay in number order, so the
+samplers draw exactly the parents they drew before.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from bisect import insort
 from collections.abc import Callable, Hashable, Iterable, Sequence, Set
 
 from optuna.storages import BaseStorage
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.search.objective import ranking_key
 
@@ -84,33 +84,38 @@ class CompletedTrials:
         # The study's storage: a second study of the same id elsewhere gets its own record.
         self.storage = storage
         self._names = names
-        self._filed: set[int] = set()
+        self._looked = 0  # trials 0 .. _looked - 1 were looked at
+        self._unfinished: list[int] = []  # of those, the ones not finished then
         self.trials: list[FrozenTrial] = []
         self.ranked = RankedTrials(group_keys)
         self.identities: set[str] = set()
 
-    def follows(self, storage: BaseStorage, complete: Sequence[FrozenTrial]) -> bool:
-        """Whether ``complete`` (the study's completed trials) can update this record."""
-        return storage is self.storage and len(complete) >= len(self._filed)
+    def follows(self, storage: BaseStorage, every_trial: Sequence[FrozenTrial]) -> bool:
+        """Whether ``every_trial`` (the study's trials) can update this record."""
+        return storage is self.storage and len(every_trial) >= self._looked
 
-    def update(self, complete: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-        """File the trials of ``complete`` (every completed trial of the study, in number
-        order) not filed before; returns those of them that carry every parameter."""
-        unfiled = len(complete) - len(self._filed)
+    def update(self, every_trial: Sequence[FrozenTrial]) -> list[FrozenTrial] | None:
+        """File the trials completed since the last update, from ``every_trial`` (every
+        trial of the study in any state, trial number ``k`` at index ``k`` as Optuna's
+        storages list them); returns those that carry every parameter, or None, filing
+        nothing, when the list is not indexed by number."""
+        # Only the trials unfinished at the last update and the ones created since can have
+        # completed: a finished trial stays as it is. So an update reads the trials in
+        # flight, not the whole study.
+        looking = [*self._unfinished, *range(self._looked, len(every_trial))]
+        if any(every_trial[k].number != k for k in looking):
+            return None
+        self._looked = len(every_trial)
+        self._unfinished = []
         new: list[FrozenTrial] = []
-        # Trials complete out of number order, but stay completed: the unfiled ones are the
-        # latest to complete, near the end of the list, and there are exactly ``unfiled``.
-        for trial in reversed(complete):
-            if unfiled == 0:
-                break
-            if trial.number in self._filed:
-                continue
-            self._filed.add(trial.number)
-            unfiled -= 1
-            if self._names <= trial.params.keys():
-                new.append(trial)
-        new.reverse()
-        for trial in new:
+        for k in looking:
+            trial = every_trial[k]
+            if trial.state == TrialState.COMPLETE:
+                if self._names <= trial.params.keys():
+                    new.append(trial)
+            elif not trial.state.is_finished():
+                self._unfinished.append(k)
+        for trial in new:  # in number order
             if self.trials and trial.number < self.trials[-1].number:
                 insort(self.trials, trial, key=_number)
             else:

@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 import pytest
 
+from optimizer.search import baselines
 from optimizer.search.baselines import GeneticSampler, random_search
 from optimizer.search.space import SearchSpace
 
@@ -78,10 +79,15 @@ def test_ga_refuses_several_objectives(space):
         study.ask(space.distributions())
 
 
-def test_identities_kept_from_breeding_equal_those_decoded_afresh(space):
+@pytest.mark.parametrize("memo_size", [5_000, 7])
+def test_remembered_identities_equal_those_decoded_afresh(space, memo_size, monkeypatch):
+    monkeypatch.setattr(baselines, "IDENTITY_MEMO_SIZE", memo_size)
     sampler = GeneticSampler(space, population_size=6, seed=5)
     study = run(sampler, space, 30)
+    assert 0 < len(sampler._identities) <= memo_size
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     fresh = {GeneticSampler(space, seed=0)._identity(t.params) for t in done}
     assert sampler._seen(study, done) == fresh
-    assert not sampler._bred  # every bred child was seen evaluated
+    for t in done:  # what it remembers (bred children, evaluated plans) is what decodes
+        remembered = sampler._identity(t.params)
+        assert remembered == space.decode(t.params).model_dump_json(exclude={"name", "notes"})

@@ -19,25 +19,33 @@ from optimizer.search.space import SearchSpace
 X = FloatDistribution(0.0, 1.0)
 
 
-def completed_in_order(
-    outcomes: list[tuple[float, bool]], order: list[int]
+def told_in_order(
+    outcomes: list[tuple[float | None, bool]], order: list[int]
 ) -> list[list[FrozenTrial]]:
-    """A study whose trial ``i`` scores ``outcomes[i]``, told in ``order``: its completed
-    trials (number order, as ``Study.get_trials`` gives them) after each tell."""
+    """A study whose trial ``i`` scores ``outcomes[i]`` (None: fails), told in ``order``, a
+    new trial asked after each tell: every trial of the study after each tell."""
     study = optuna.create_study()
     asked = [study.ask({"x": X}) for _ in outcomes]
     snapshots = []
     for i in order:
         value, passed = outcomes[i]
         asked[i].set_user_attr("passed", passed)
-        study.tell(asked[i], value)
-        snapshots.append(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        if value is None:
+            study.tell(asked[i], state=TrialState.FAIL)
+        else:
+            study.tell(asked[i], value)
+        study.ask({"x": X})  # never told: stays running
+        snapshots.append(study.get_trials(deepcopy=False))
     return snapshots
+
+
+def complete(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state == TrialState.COMPLETE]
 
 
 # Few distinct scores, so that equal ranks (ties broken by trial number) are common.
 outcome_lists = st.lists(
-    st.tuples(st.sampled_from([0.0, 0.5, 1.0, 2.0]), st.booleans()), min_size=1, max_size=30
+    st.tuples(st.sampled_from([0.0, 0.5, 1.0, 2.0, None]), st.booleans()), min_size=1, max_size=30
 )
 
 
@@ -47,11 +55,14 @@ def test_the_ranking_is_a_stable_sort_whatever_the_completion_order(outcomes, sh
     order = list(range(len(outcomes)))
     random.Random(shuffle_seed).shuffle(order)
     record = CompletedTrials(optuna.storages.InMemoryStorage(), {"x"})
-    for complete in completed_in_order(outcomes, order):
-        record.update(complete)
-        assert record.trials == list(complete)
-        assert record.ranked.best(len(complete)) == sorted(complete, key=rank)
-        assert record.ranked.best(3) == sorted(complete, key=rank)[:3]
+    filed: list[FrozenTrial] = []
+    for every_trial in told_in_order(outcomes, order):
+        filed += record.update(every_trial) or []
+        done = complete(every_trial)
+        assert record.trials == done
+        assert sorted(filed, key=lambda t: t.number) == done  # each returned once
+        assert record.ranked.best(len(done)) == sorted(done, key=rank)
+        assert record.ranked.best(3) == sorted(done, key=rank)[:3]
 
 
 def test_each_trial_is_returned_once_and_only_those_with_every_parameter():
@@ -62,10 +73,19 @@ def test_each_trial_is_returned_once_and_only_those_with_every_parameter():
     seen: list[int] = []
     for trial in [both[2], only_x[0], both[0], only_x[1], both[3], both[1]]:
         study.tell(trial, 1.0)
-        new = record.update(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        seen += [t.number for t in new]
+        seen += [t.number for t in record.update(study.get_trials(deepcopy=False)) or []]
     assert sorted(seen) == [0, 1, 2, 3]  # once each, the trials without "y" never
     assert [t.number for t in record.trials] == [0, 1, 2, 3]
+
+
+def test_a_list_not_indexed_by_trial_number_files_nothing():
+    study = optuna.create_study()
+    for value in (1.0, 2.0, 3.0):
+        study.tell(study.ask({"x": X}), value)
+    record = CompletedTrials(study._storage, {"x"})
+    assert record.update(study.get_trials(deepcopy=False)[1:]) is None
+    assert record.trials == [] and len(record.ranked) == 0
+    assert [t.number for t in record.update(study.get_trials(deepcopy=False)) or []] == [0, 1, 2]
 
 
 def test_groups_hold_their_members_in_rank_order():
@@ -96,8 +116,8 @@ class ForgetfulSampler(NichedGeneticSampler):
         return None
 
     def _completed(self, study, search_space):
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return [t for t in complete if search_space.keys() <= t.params.keys()]
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return [t for t in done if search_space.keys() <= t.params.keys()]
 
 
 def asynchronous_run(
