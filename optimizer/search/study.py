@@ -224,8 +224,8 @@ def _finish(
     state: TrialState | None = None,
 ) -> None:
     """``Study.tell`` without the deep copy of the finished trial it returns, which nobody
-    reads here and which cost about a tenth of the driver's time per trial (Optuna is
-    pinned; ``Study.tell`` is this call and the copy)."""
+    reads here and which cost ~0.5 ms of the driver's 8-9 ms per trial (Optuna is pinned;
+    ``Study.tell`` is this call and the copy)."""
     _tell_with_warning(study=study, trial=proposal.trial, value_or_values=values, state=state)
 
 
