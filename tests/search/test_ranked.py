@@ -57,7 +57,9 @@ def test_the_ranking_is_a_stable_sort_whatever_the_completion_order(outcomes, sh
     record = CompletedTrials(optuna.storages.InMemoryStorage(), {"x"})
     filed: list[FrozenTrial] = []
     for every_trial in told_in_order(outcomes, order):
-        filed += record.update(every_trial) or []
+        new = record.update(every_trial)
+        assert new is not None
+        filed += new
         done = complete(every_trial)
         assert record.trials == done
         assert sorted(filed, key=lambda t: t.number) == done  # each returned once
@@ -73,7 +75,9 @@ def test_each_trial_is_returned_once_and_only_those_with_every_parameter():
     seen: list[int] = []
     for trial in [both[2], only_x[0], both[0], only_x[1], both[3], both[1]]:
         study.tell(trial, 1.0)
-        seen += [t.number for t in record.update(study.get_trials(deepcopy=False)) or []]
+        new = record.update(study.get_trials(deepcopy=False))
+        assert new is not None
+        seen += [t.number for t in new]
     assert sorted(seen) == [0, 1, 2, 3]  # once each, the trials without "y" never
     assert [t.number for t in record.trials] == [0, 1, 2, 3]
 
