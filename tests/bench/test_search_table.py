@@ -10,6 +10,7 @@ import time
 import pytest
 
 from bench.search import (
+    BASELINES,
     SCORE_TIE,
     Run,
     jobs_in_order,
@@ -31,6 +32,15 @@ def _run(sampler: str, seed: int, score: float, passed: bool) -> Run:
     )  # fmt: skip
 
 
+def _seed(seed: int, ours: float, ga: float, rand: float, passed: bool = True) -> list[Run]:
+    """One seed's runs of ectplan's search and both baselines, all passing or all failing."""
+    return [
+        _run(OURS, seed, ours, passed),
+        _run("ga:unseeded", seed, ga, passed),
+        _run("random:unseeded", seed, rand, passed),
+    ]
+
+
 def test_a_passing_plan_beats_a_failing_one_with_a_lower_score():
     runs = [
         _run(OURS, 0, 0.5, True),
@@ -42,33 +52,66 @@ def test_a_passing_plan_beats_a_failing_one_with_a_lower_score():
 
 def test_ties_count_as_no_worse_only_and_a_better_baseline_wins():
     runs = [
-        _run(OURS, 0, 0.3, True), _run("ga:unseeded", 0, 0.3, True),  # tie
-        _run(OURS, 1, 0.4, True), _run("random:unseeded", 1, 0.1, True),  # baseline better
-        _run(OURS, 2, 0.1, True), _run("random:unseeded", 2, 0.2, True),  # ectplan better
-    ]  # fmt: skip
+        *_seed(0, 0.3, 0.3, 0.9),  # a tie with the GA
+        *_seed(1, 0.4, 0.9, 0.1),  # random search better
+        *_seed(2, 0.1, 0.3, 0.2),  # ectplan better than both
+    ]
     assert "@100 1/3 (2/3)" in versus_baselines(runs, [100])
 
 
 def test_scores_within_the_tie_margin_are_ties_either_way():
     runs = [
-        _run(OURS, 0, 0.020075, True), _run("ga:unseeded", 0, 0.020078, True),  # 0.3 J apart
-        _run(OURS, 1, 0.020078, True), _run("random:unseeded", 1, 0.020075, True),
-        _run(OURS, 2, 0.0200, True), _run("random:unseeded", 2, 0.0200 + 2 * SCORE_TIE, True),
-    ]  # fmt: skip
+        *_seed(0, 0.020075, 0.020078, 0.9),  # 0.3 J apart
+        *_seed(1, 0.020078, 0.9, 0.020075),
+        *_seed(2, 0.0200, 0.9, 0.0200 + 2 * SCORE_TIE),
+    ]
     assert "@100 1/3 (3/3)" in versus_baselines(runs, [100])
 
 
 def test_budgets_a_run_did_not_reach_are_left_out():
-    short = _run("ga:unseeded", 0, 0.1, True)
-    short.trials = 50
-    assert "@100 0/0 (0/0)" in versus_baselines([_run(OURS, 0, 0.5, True), short], [100])
+    runs = _seed(0, 0.5, 0.1, 0.9)
+    runs[1].trials = 50
+    assert "@100 0/0 (0/0)" in versus_baselines(runs, [100])
+
+
+def test_a_seed_counts_only_where_both_baselines_ran():
+    runs = [*_seed(0, 0.1, 0.5, 0.5), _run(OURS, 1, 0.1, True), _run("ga:unseeded", 1, 0.5, True)]
+    assert "@100 1/1 (1/1)" in versus_baselines(runs, [100])
+
+
+def test_other_samplers_are_compared_apart_from_the_baselines():
+    # TPE beats ectplan here: that counts against it only in the comparison with every sampler.
+    runs = [*_seed(0, 0.2, 0.5, 0.5), _run("tpe", 0, 0.1, True)]
+    assert "@100 1/1 (1/1)" in versus_baselines(runs, [100])
+    assert "@100 0/1 (0/1)" in versus_baselines(runs, [100], baselines=None)
+
+
+@pytest.mark.parametrize(
+    ("wins_at_300", "met"), [(5, "target met"), (4, "target met"), (3, "target not met")]
+)
+def test_the_target_needs_4_of_5_seeds_at_every_budget(wins_at_300: int, met: str) -> None:
+    runs = []
+    for seed in range(5):
+        runs += _seed(seed, 0.1, 0.5, 0.5)
+        score_at_300 = 0.05 if seed < wins_at_300 else 0.4
+        for r in runs[-3:]:
+            r.trials, r.best_at[300], r.passed_at[300] = 300, r.best_at[100], True
+        runs[-3].best_at[300] = score_at_300
+        runs[-2].best_at[300] = 0.2  # the GA
+    text = versus_baselines(runs, [100, 300])
+    assert f"@100 5/5 (5/5)  @300 {wins_at_300}/5 ({wins_at_300}/5)  {met}" in text
+    assert text.endswith(f"{int(met == 'target met')} of 1 case/protocol pairs")
+
+
+def test_without_baseline_runs_the_target_is_not_measured():
+    text = versus_baselines([_run(OURS, 0, 0.1, True), _run("tpe", 0, 0.5, True)], [100])
+    assert "target not measured" in text and text.endswith("0 of 1 case/protocol pairs")
+    assert BASELINES == ("ga:unseeded", "random:unseeded")
 
 
 def test_runs_that_stopped_early_are_left_out_of_the_tables(capsys):
-    stopped = _run("random:unseeded", 1, 0.1, True)
-    stopped.stopped_early = True
-    runs = [_run(OURS, 0, 0.5, True), _run("random:unseeded", 0, 0.9, True),
-            _run(OURS, 1, 0.5, True), stopped]  # fmt: skip
+    runs = _seed(0, 0.5, 0.9, 0.9) + _seed(1, 0.5, 0.9, 0.1)
+    runs[-1].stopped_early = True  # random search's better run of seed 1
     print_tables(runs, [100])
     out = capsys.readouterr().out
     assert "@100 1/1 (1/1)" in out
