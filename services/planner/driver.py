@@ -114,6 +114,7 @@ from services.planner.affinity import PairAffinity, pair_keys
 from services.planner.cluster import ClusterInfo, connect
 from services.planner.pool import DEFAULT_MAX_RESTARTS, POLL_S, PoolError, Worker, WorkerPool
 from services.planner.progress import ClusterProgress, InFlight
+from services.planner.slow_start import slow_start_note
 from services.planner.storage import mask_url, open_storage, study_name_for
 from services.planner.unit_sharing import SharedUnits
 from services.planner.warm_library import DEFAULT_WARM_START_CASES, library_seed_plans
@@ -852,6 +853,14 @@ class DistributedSearch:
             )
         if self.stats.unexpected_errors:
             notes.append(f"{self.stats.unexpected_errors} trial(s) raised an unexpected error")
+        if self.explore_ended is not None and self.pool is not None:  # after exploration
+            warmup_s = max((i.warmup_s for i in self.pool.infos.values()), default=0.0)
+            slow = slow_start_note(
+                self.time_limit_s, self.stats.startup_s, warmup_s, self.stats.explore_s,
+                self.stats.trials_told,
+            )  # fmt: skip
+            if slow is not None:
+                notes.append(slow)
         return notes
 
     # ---- cancellation ------------------------------------------------------------------

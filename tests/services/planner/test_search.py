@@ -18,6 +18,7 @@ from services.planner.driver import (
     plan_distributed,
 )
 from services.planner.progress import ClusterProgress
+from services.planner.slow_start import SLOW_START_SHARE
 from tests.services.planner.conftest import QUICK
 
 
@@ -86,6 +87,10 @@ def test_time_limit_stops_cleanly_and_sqlite_keeps_every_trial(ray_cluster, lesi
     best = stored.trials[result.trial_number]
     assert best.user_attrs["score"] == pytest.approx(result.coarse_score)
     assert best.params == result.params
+    # A start-up that took much of the limit (a cold Numba cache) is told with its figures.
+    slow = [n for n in result.notes if n.startswith("start-up took")]
+    assert len(slow) == (search.stats.startup_s > SLOW_START_SHARE * limit)
+    assert all(f"of the {limit:g} s time limit" in n for n in slow)
 
 
 def test_a_stored_study_resumes_without_reseeding(ray_cluster, lesion, ect, tmp_path):
