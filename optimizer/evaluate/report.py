@@ -8,6 +8,7 @@ field-volume histograms, and report.html tying them together with the criteria t
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,11 @@ def write_evaluation_outputs(
     table: TissueTable,
     out_dir: str | Path,
     extra: dict[str, Any] | None = None,
+    search_notes: Sequence[str] = (),
 ) -> dict[str, Path]:
+    """Write metrics.json, the field exports, the needles' markups, the pictures and
+    report.html for ``plan``. ``search_notes``: what the search that found the plan said of it
+    (a lowered voltage, a slow start, a worker lost), shown in the report's notes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     document = metrics_document(evaluated, case, plan, protocol, table, extra or {})
@@ -204,7 +209,7 @@ def write_evaluation_outputs(
             f"{files['field_planning'].name}: the same on the planning grid",
             f"{files['markups'].name}: the needles as 3D Slicer markups (lines)",
         ]),
-        Section("Notes", notes=list(case.planning.notes)),
+        Section("Notes", notes=[*(f"search: {n}" for n in search_notes), *case.planning.notes]),
     ]
     files["report"] = write_report(
         out / "report.html",

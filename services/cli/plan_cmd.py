@@ -120,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
                     "trials_run": result.trials_run, "sampler": result.sampler,
                     "seed": result.seed}}  # fmt: skip
                 files |= write_evaluation_outputs(
-                    evaluated, search.case_fine, result.plan, protocol, table, out, extra
-                )
+                    evaluated, search.case_fine, result.plan, protocol, table, out, extra,
+                    search_notes=result.notes,
+                )  # fmt: skip
         outputs_s = time.perf_counter() - started
     finally:
         search.close()

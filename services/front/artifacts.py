@@ -44,8 +44,10 @@ def write_job_artifacts(
     protocol: Protocol,
     evaluated: EvaluatedPlan | None,
     extra: dict[str, Any],
+    search_notes: Sequence[str] = (),
 ) -> list[str]:
-    """Write every output of ``plan`` into the job's artifact folder; returns the file names."""
+    """Write every output of ``plan`` into the job's artifact folder (``search_notes`` in its
+    report); returns the file names."""
     out = artifacts_dir(job_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = load_tissue_table()
@@ -53,7 +55,9 @@ def write_job_artifacts(
         evaluated = PlanEvaluator(case, protocol, nonlinear=True, table=table).evaluate_with_fields(
             plan
         )
-    write_evaluation_outputs(evaluated, case, plan, protocol, table, out, extra)
+    write_evaluation_outputs(
+        evaluated, case, plan, protocol, table, out, extra, search_notes=search_notes
+    )
     (out / PLAN_FILE).write_text(plan.to_json())
     return list_artifacts(job_dir)
 

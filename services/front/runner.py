@@ -375,8 +375,9 @@ class JobQueue:
                 }
             }
             names = write_job_artifacts(
-                job_dir, outcome.case_fine, outcome.result.plan, protocol, outcome.evaluated, extra
-            )
+                job_dir, outcome.case_fine, outcome.result.plan, protocol, outcome.evaluated, extra,
+                search_notes=outcome.result.notes,
+            )  # fmt: skip
             result.artifacts.extend(names)
         except Exception as exc:
             log_event("artifacts failed", level=logging.ERROR, exc_info=True, job_id=job_id)

@@ -131,7 +131,9 @@ def run_case_steps(
             "seed": result.seed,
         },
     }
-    write_evaluation_outputs(evaluated, fine, result.plan, protocol, table, out, extra)
+    write_evaluation_outputs(
+        evaluated, fine, result.plan, protocol, table, out, extra, search_notes=result.notes
+    )
     (out / "search.json").write_text(
         json.dumps(search_document(result, job, storage_text), indent=2, allow_nan=False)
     )

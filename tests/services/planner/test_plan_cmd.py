@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import subprocess
@@ -67,6 +68,11 @@ def test_plan_writes_the_plan_its_evaluation_and_the_search_record(
         assert all(m is None or m < 0 for m in refined["failed_required"].values())
     verdict = "meets every required criterion" if metrics["passed"] else "does NOT meet"
     assert verdict in " ".join(printed.split())
+    # The report says what the search said of its plan (here: its voltage lowered).
+    report = (out / "report.html").read_text()
+    assert search["notes"] and any("lowered to" in n for n in search["notes"])
+    for note in search["notes"]:
+        assert html.escape(f"search: {note}") in report
     # bench/product.py reads the same record.
     run = read_run("lesion", "ect", 1, 9.0, 0, out, stderr="")
     assert (run.passed, run.trials, run.error) == (search["passed"], 10, "")
