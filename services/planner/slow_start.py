@@ -3,11 +3,11 @@
 A time limit bounds the whole search, start-up included, so a slow start leaves exploration
 little time and the returned plan can be far worse than usual. The usual cause is a cold Numba
 cache: each worker's warm-up compiles the field solver where the cache holds no build for it
-(a new checkout, a new pod, another CPU). Measured with bench/product.py on picai-10043 IRECT
-(--time-limit 45, 2 workers, 2-core machine): 22 s of start-up in a new directory, 74 trials
-explored and no passing plan, against 5-7 s of start-up and 380-680 trials once warm. The
-search cannot tell a cold cache from a slow machine, so the note gives the figures and both
-remedies.
+(a new checkout, a new pod, another CPU). Measured on picai-10043 IRECT (ectplan plan
+--time-limit 45, 2 workers, 2-core machine, 2026-11-28): in new cache directories 22 s of
+start-up and 74 trials explored, and 28 s and 2 trials, neither returning a passing plan,
+against 5-7 s of start-up and 380-580 trials once warm. The search cannot tell a cold cache
+from a slow machine, so the note gives the figures and both remedies.
 """
 
 from __future__ import annotations
