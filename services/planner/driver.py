@@ -425,12 +425,15 @@ class DistributedSearch:
             if not self._prepared:
                 self._report("start", "building the planning grids")
                 self.prepare()
-            if self._start_workers(stop_start, lambda m: self._report("start", m)):
-                self.stats.startup_s = time.monotonic() - self.started
-                self.explore_started = time.monotonic()
+            ready = self._start_workers(stop_start, lambda m: self._report("start", m))
+            self.stats.startup_s = time.monotonic() - self.started
+            self.explore_started = time.monotonic()
+            if ready:
                 stopped_by = self._explore()
+            elif self._cancelled():
+                stopped_by = "cancelled"
             else:
-                stopped_by = "cancelled" if self._cancelled() else "time"
+                stopped_by = "time"  # the limit passed before the workers were ready
             self.explore_ended = time.monotonic()
             self.stats.explore_s = self.explore_ended - self.explore_started
             if stopped_by == "cancelled":
@@ -707,10 +710,19 @@ class DistributedSearch:
         done = completed(self.study)
         if not done:
             last = next((r.error for r in reversed(self.history) if r.error), None)
+            late_start = ""
+            if stopped_by == "time" and not self.history:
+                late_start = (
+                    f": the workers were not ready within the {self.time_limit_s:g} s time limit "
+                    f"({self.stats.startup_s:.0f} s). A first search on a machine, or in a new "
+                    "Numba cache directory, compiles the field solver for 20-30 s; run it "
+                    "again or give a longer time limit"
+                )
             raise SearchError(
                 f"the search stopped ({stopped_by}) before any plan was evaluated on case "
-                f"{self.space.case.case_id!r}" + (f"; last error: {last}" if last else "")
-            )
+                f"{self.space.case.case_id!r}" + late_start
+                + (f"; last error: {last}" if last else "")
+            )  # fmt: skip
         pool_trials = pareto_front(done) if self.multi_objective else done
         candidates = trial_candidates(self.space, pool_trials)
         self._report("refine", "re-evaluating the best plans on the fine grid")
@@ -782,7 +794,7 @@ class DistributedSearch:
             sampler=self.sampler_name,
             seed=self.seed,
             pareto=self._pareto(pool_trials),
-            notes=self._notes() + backoff_notes(c.trial_number, c.voltage_factor),
+            notes=self._notes(stopped_by) + backoff_notes(c.trial_number, c.voltage_factor),
             voltage_factor=c.voltage_factor,
         )
 
@@ -844,7 +856,9 @@ class DistributedSearch:
             for t in sorted(trials, key=lambda t: t.values)
         ]
 
-    def _notes(self) -> list[str]:
+    def _notes(self, stopped_by: str | None = None) -> list[str]:
+        """The run's notes; ``stopped_by``: why exploration ended (None when it was cut
+        short), so that a slow start is told only where the time limit ended exploration."""
         notes = list(self.notes)
         if self.stats.worker_deaths:
             notes.append(
@@ -853,7 +867,7 @@ class DistributedSearch:
             )
         if self.stats.unexpected_errors:
             notes.append(f"{self.stats.unexpected_errors} trial(s) raised an unexpected error")
-        if self.explore_ended is not None and self.pool is not None:  # after exploration
+        if stopped_by == "time" and self.pool is not None:
             warmup_s = max((i.warmup_s for i in self.pool.infos.values()), default=0.0)
             slow = slow_start_note(
                 self.time_limit_s, self.stats.startup_s, warmup_s, self.stats.explore_s,

@@ -18,7 +18,6 @@ from services.planner.driver import (
     plan_distributed,
 )
 from services.planner.progress import ClusterProgress
-from services.planner.slow_start import SLOW_START_SHARE
 from tests.services.planner.conftest import QUICK
 
 
@@ -58,7 +57,11 @@ def test_same_seed_and_workers_give_the_same_trials_and_plan(ray_cluster, lesion
         assert [r.score for r in c.history] != [r.score for r in a.history]
 
 
-def test_time_limit_stops_cleanly_and_sqlite_keeps_every_trial(ray_cluster, lesion, ect, tmp_path):
+def test_time_limit_stops_cleanly_and_sqlite_keeps_every_trial(
+    ray_cluster, lesion, ect, tmp_path, monkeypatch
+):
+    # Any start-up counts as slow here, so the note on it must appear.
+    monkeypatch.setattr("services.planner.slow_start.SLOW_START_SHARE", 0.0)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     limit = 10.0
     started = time.monotonic()
@@ -88,9 +91,27 @@ def test_time_limit_stops_cleanly_and_sqlite_keeps_every_trial(ray_cluster, lesi
     assert best.user_attrs["score"] == pytest.approx(result.coarse_score)
     assert best.params == result.params
     # A start-up that took much of the limit (a cold Numba cache) is told with its figures.
-    slow = [n for n in result.notes if n.startswith("start-up took")]
-    assert len(slow) == (search.stats.startup_s > SLOW_START_SHARE * limit)
-    assert all(f"of the {limit:g} s time limit" in n for n in slow)
+    (slow,) = [n for n in result.notes if n.startswith("start-up took")]
+    assert f"of the {limit:g} s time limit" in slow
+    assert f"to explore {result.trials_run} trials" in slow
+
+
+def test_a_slow_start_is_not_told_when_the_trial_budget_ended_the_search(
+    ray_cluster, lesion, ect, monkeypatch
+):
+    monkeypatch.setattr("services.planner.slow_start.SLOW_START_SHARE", 0.0)
+    result = plan_distributed(lesion, ect, trials=3, time_limit_s=600.0, workers=1,
+                              refine_top_k=1, **QUICK)  # fmt: skip
+    assert result.stopped_by == "trials"
+    assert not any(n.startswith("start-up took") for n in result.notes)
+
+
+def test_workers_not_ready_within_the_time_limit_is_a_clear_error(ray_cluster, lesion, ect):
+    search = DistributedSearch(lesion, ect, trials=None, time_limit_s=0.01, workers=1, **QUICK)
+    late = r"workers were not ready within the 0.01 s time limit"
+    with search, pytest.raises(SearchError, match=late):
+        search.run()
+    assert search.stats.startup_s >= 0.01
 
 
 def test_a_stored_study_resumes_without_reseeding(ray_cluster, lesion, ect, tmp_path):
