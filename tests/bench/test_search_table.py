@@ -100,13 +100,32 @@ def test_the_target_needs_4_of_5_seeds_at_every_budget(wins_at_300: int, met: st
         runs[-2].best_at[300] = 0.2  # the GA
     text = versus_baselines(runs, [100, 300])
     assert f"@100 5/5 (5/5)  @300 {wins_at_300}/5 ({wins_at_300}/5)  {met}" in text
-    assert text.endswith(f"{int(met == 'target met')} of 1 case/protocol pairs")
+    assert text.endswith(f"met on {int(met == 'target met')} of 1 case/protocol pairs measured")
 
 
 def test_without_baseline_runs_the_target_is_not_measured():
     text = versus_baselines([_run(OURS, 0, 0.1, True), _run("tpe", 0, 0.5, True)], [100])
-    assert "target not measured" in text and text.endswith("0 of 1 case/protocol pairs")
+    assert "target not measured" in text
+    assert text.endswith("met on 0 of 0 case/protocol pairs measured (1 not measured: a budget "
+                         "without 5 seeds compared)")  # fmt: skip
     assert BASELINES == ("ga:unseeded", "random:unseeded")
+
+
+def test_fewer_than_five_seeds_or_a_budget_no_run_reached_do_not_judge_the_target():
+    four_seeds = [run for seed in range(4) for run in _seed(seed, 0.1, 0.5, 0.5)]
+    assert "@100 4/4 (4/4)  target not measured" in versus_baselines(four_seeds, [100])
+    five_seeds = [run for seed in range(5) for run in _seed(seed, 0.1, 0.5, 0.5)]
+    assert "@100 5/5 (5/5)  target met" in versus_baselines(five_seeds, [100])
+    # Runs of 100 trials say nothing at 300: the target is not judged on the budget alone.
+    text = versus_baselines(five_seeds, [100, 300])
+    assert "@100 5/5 (5/5)  @300 0/0 (0/0)  target not measured" in text
+
+
+def test_ectplans_sampler_is_never_its_own_baseline():
+    runs = [*_seed(0, 0.1, 0.5, 0.5)]
+    text = versus_baselines(runs, [100], ours="ga:unseeded")
+    assert text.startswith("seeds on which 'ga:unseeded' beat random:unseeded ")
+    assert "@100 0/1 (1/1)" in text  # the GA's 0.5 against random search's 0.5: a tie
 
 
 def test_runs_that_stopped_early_are_left_out_of_the_tables(capsys):
