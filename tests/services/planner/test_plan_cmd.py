@@ -68,9 +68,8 @@ def test_plan_writes_the_plan_its_evaluation_and_the_search_record(
         assert all(m is None or m < 0 for m in refined["failed_required"].values())
     verdict = "meets every required criterion" if metrics["passed"] else "does NOT meet"
     assert verdict in " ".join(printed.split())
-    # The report says what the search said of its plan (here: its voltage lowered).
+    # The report says what the search said of its plan (tests/evaluate/test_report.py).
     report = (out / "report.html").read_text()
-    assert search["notes"] and any("lowered to" in n for n in search["notes"])
     for note in search["notes"]:
         assert html.escape(f"search: {note}") in report
     # bench/product.py reads the same record.
