@@ -20,12 +20,13 @@ the first plan passing every required criterion on the coarse level ("-" when no
 coarse score of the best plan after 100 / 300 / 1000 evaluations (best as the search ranks:
 plans passing every required criterion first, then the lower score), the required criteria
 the best plan meets, whether the returned fine plan passes, and evaluations per second. Lower
-scores are better (optimizer/search/data/score.toml). Then, per budget, the seeds on which ectplan's
-search (``--ours``) found a better best plan than both baselines (``ga:unseeded`` and
-``random:unseeded``; seeds where either did not run are left out), with the plan-search issue's
-target per case and protocol (better on 4 of 5 seeds at every budget; judged where every budget
-compares 5 seeds or more) and how many pairs meet it; when other samplers ran too (TPE by default), the same comparison with every other sampler
-follows, without a verdict. Wall times on a shared CPU are indicative only.
+scores are better (optimizer/search/data/score.toml). Then, per budget, the seeds on which
+ectplan's search (``--ours``) found a better best plan than both baselines (``ga:unseeded``
+and ``random:unseeded``; seeds where either did not run are left out), with the plan-search
+issue's target per case and protocol (better on 4 of 5 seeds at every budget; judged where
+every budget compares 5 seeds or more) and how many pairs meet it; when other samplers ran too
+(TPE by default), the same comparison with every other sampler follows, without a verdict.
+Wall times on a shared CPU are indicative only.
 
 ``--jobs N`` (N > 1) runs N runs at a time, each in its own process (spawned, one Numba thread,
 one BLAS thread) that prepares each case and its fine evaluators once and keeps them for its
