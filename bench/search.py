@@ -232,7 +232,7 @@ _ONE_THREAD = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "
 
 
 @contextmanager
-def _one_thread_children() -> Iterator[None]:
+def one_thread_children() -> Iterator[None]:
     """Processes spawned inside the block inherit one-thread settings; this process's own
     environment is restored afterwards."""
     saved = {name: os.environ.get(name) for name in _ONE_THREAD}
@@ -555,7 +555,7 @@ def main() -> None:
         print(progress_line(run, budget), flush=True)
 
     # One thread per worker process; with --jobs 1 this process keeps its own settings.
-    with _one_thread_children() if args.jobs > 1 else nullcontext():
+    with one_thread_children() if args.jobs > 1 else nullcontext():
         _, not_started = run_in_order(
             jobs, partial(run_job, settings=settings), workers=args.jobs,
             time_limit_s=args.time_limit, on_result=record, initializer=_init_worker,

@@ -2,7 +2,8 @@
 
     python bench/workers.py [--case prostatex-0000] [--protocol ect] [--trials 300]
                             [--workers 1 2] [--repeats 2] [--modes reproducible async]
-                            [--sharing on off] [--target auto] [--out workers.json]
+                            [--sharing on off] [--target auto] [--independent]
+                            [--out workers.json]
 
 Each configuration is a full ``DistributedSearch`` on a local Ray, as ``ectplan plan`` runs it:
 the embedded journal storage in a fresh folder, the default sampler with its seeds, one Numba
@@ -18,26 +19,41 @@ machine left idle (a worker waiting for its next plan), and the needle-pair solv
 (services.planner.unit_sharing; on is ``ectplan plan``'s default).
 Also run: 1 worker with every core as Numba threads (the default of ``ectplan plan --workers
 1``), for reference.
+``--independent`` adds, for each worker count N, N serial searches side by side, each in its own
+process with one thread: ask, evaluate and tell in one loop on its own study (embedded journal
+storage, no Ray), as ``run_search`` runs. Their summed throughput is what workers that ran their
+own Optuna loops could reach on this machine, with no driver and no Ray call per trial: the
+ceiling against which the distributed search's ratio is read.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import optuna
 
-from optimizer.case import default_anatomy_root
-from optimizer.evaluate.protocol import load_protocol
-from services.planner.driver import EVAL_SECONDS_ATTR, DistributedSearch
-from services.planner.storage import default_storage_url
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bench.search, when run as a script
+
+from bench.search import one_thread_children  # noqa: E402
+from optimizer.case import default_anatomy_root, prepare_case  # noqa: E402
+from optimizer.evaluate.evaluation import PlanEvaluation  # noqa: E402
+from optimizer.evaluate.evaluator import PlanEvaluator  # noqa: E402
+from optimizer.evaluate.plan import Plan  # noqa: E402
+from optimizer.evaluate.protocol import load_protocol  # noqa: E402
+from optimizer.search.local import SearchProgress, run_search  # noqa: E402
+from services.planner.driver import EVAL_SECONDS_ATTR, DistributedSearch  # noqa: E402
+from services.planner.storage import default_storage_url  # noqa: E402
 
 
 @dataclass
@@ -139,6 +155,116 @@ def measure(
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class SerialRun:
+    """One serial search's exploration: when each trial was told (wall clock, shared between
+    processes), its CPU time and evaluation time."""
+
+    told_at: list[float]
+    cpu_s: float
+    eval_s: float
+    evaluations: int
+
+
+def _serial_exploration(
+    anatomy: Path, protocol_name: str, trials: int, seed: int, target: str,
+    ready: object, results: object,
+) -> None:  # fmt: skip
+    """A child process: one serial search, started when every child is ready."""
+    import numba
+
+    numba.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    protocol = load_protocol(protocol_name)
+    coarse = prepare_case(anatomy, spacing_mm=2.0, target_scope=target)
+    evaluator = PlanEvaluator(coarse, protocol, nonlinear=False, metrics_detail="search")
+    # The compiles, as a Ray worker's warm-up does, before the clock starts.
+    run_search(coarse, coarse, protocol, trials=3, seed=seed, evaluate_coarse=evaluator.evaluate,
+               evaluate_fine=evaluator.evaluate, refine_top_k=1)  # fmt: skip
+    evaluator = PlanEvaluator(coarse, protocol, nonlinear=False, metrics_detail="search")
+    eval_s: list[float] = []
+
+    def timed(plan: Plan) -> PlanEvaluation:
+        started = time.perf_counter()
+        try:
+            return evaluator.evaluate(plan)
+        finally:
+            eval_s.append(time.perf_counter() - started)
+
+    told_at: list[float] = []
+    cpu = [0.0, 0.0]
+
+    def on_progress(p: SearchProgress) -> None:
+        if p.phase == "explore" and p.trials_done > len(told_at):
+            told_at.append(time.time())
+            cpu[len(told_at) > 1] = time.process_time()
+
+    ready.wait()  # type: ignore[attr-defined]
+    with tempfile.TemporaryDirectory() as tmp:
+        run_search(
+            coarse, coarse, protocol, trials=trials, seed=seed, storage=default_storage_url(tmp),
+            evaluate_coarse=timed, evaluate_fine=evaluator.evaluate, refine_top_k=1,
+            on_progress=on_progress,
+        )  # fmt: skip
+    run = SerialRun(told_at, cpu[1] - cpu[0], sum(eval_s), len(eval_s))
+    results.put(run)  # type: ignore[attr-defined]
+
+
+def common_window(told_at: Sequence[Sequence[float]]) -> tuple[int, float]:
+    """(trials told while every search was exploring, that window's seconds): from the
+    latest first tell (excluded: it opens the window) to the earliest last tell."""
+    opened = max(times[0] for times in told_at)
+    closed = min(times[-1] for times in told_at)
+    if closed <= opened:
+        return 0, 0.0
+    return sum(sum(opened < t <= closed for t in times) for times in told_at), closed - opened
+
+
+def measure_independent(
+    anatomy: Path, protocol_name: str, *, searches: int, trials: int, repeat: int, target: str
+) -> Measure:
+    """``searches`` serial searches side by side (seeds ``repeat``, ``repeat`` + 1, ...), one
+    process and one thread each. Throughput: the trials all of them told while every one was
+    exploring (from the last first tell to the first last tell), per second of that window;
+    a search that ends early would otherwise leave the other a free machine."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(searches + 1)
+    results = context.Queue()
+    with one_thread_children():
+        children = [
+            context.Process(
+                target=_serial_exploration,
+                args=(anatomy, protocol_name, trials, repeat + i, target, ready, results),
+            )
+            for i in range(searches)
+        ]
+        for child in children:
+            child.start()
+    ready.wait()
+    first = _cpu_snapshot([c.pid for c in children if c.pid is not None])
+    runs: list[SerialRun] = [results.get() for _ in children]
+    last = _cpu_snapshot([c.pid for c in children if c.pid is not None])
+    for child in children:
+        child.join()
+    in_window, span = common_window([r.told_at for r in runs])
+    told = sum(len(r.told_at) - 1 for r in runs)
+    per_trial = {}
+    if first is not None and last is not None:
+        busy, total, _ = (b - a for a, b in zip(first, last, strict=True))
+        per_trial = {
+            "machine_cpu_ms_per_trial": 1000 * busy / told,
+            "workers_cpu_ms_per_trial": 1000 * sum(r.cpu_s for r in runs) / told,
+            "idle_share": 1 - busy / total if total > 0 else float("nan"),
+        }
+    return Measure(
+        workers=searches, threads=1, mode="independent", sharing="-", repeat=repeat,
+        trials=told, explore_s=span,
+        trials_per_s=in_window / span if span > 0 else float("nan"),
+        mean_eval_ms=1000 * sum(r.eval_s for r in runs) / max(1, sum(r.evaluations for r in runs)),
+        driver_cpu_ms_per_trial=float("nan"), solves_per_trial=float("nan"), **per_trial,
+    )  # fmt: skip
+
+
 def table(measures: list[Measure]) -> str:
     keys = sorted({(m.mode, m.workers, m.threads, m.sharing) for m in measures})
     lines = [
@@ -166,10 +292,12 @@ def table(measures: list[Measure]) -> str:
         one = [r for k, r in rate.items() if k[0] == mode and k[1] == 1 and k[2] == 1]
         for key, r in sorted(rate.items()):
             if key[0] == mode and key[1] > 1 and one:
-                lines.append(
-                    f"{mode}: {key[1]} workers (sharing {key[3]}) / 1 worker (1 thread each) "
-                    f"= {r / one[0]:.2f}x"
+                what = (
+                    f"{key[1]} serial searches / 1"
+                    if mode == "independent"
+                    else f"{key[1]} workers (sharing {key[3]}) / 1 worker (1 thread each)"
                 )
+                lines.append(f"{mode}: {what} = {r / one[0]:.2f}x")
     return "\n".join(lines)
 
 
@@ -189,6 +317,9 @@ def main() -> None:
                         "of ectplan plan) or not; both to compare them")  # fmt: skip
     parser.add_argument("--no-reference", action="store_true",
                         help="skip 1 worker with every core as Numba threads")  # fmt: skip
+    parser.add_argument("--independent", action="store_true",
+                        help="also N serial searches side by side, one process each, for each "
+                        "worker count N: the ceiling without a driver")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="write every run as JSON")
     args = parser.parse_args()
     anatomy = default_anatomy_root() / args.case
@@ -215,6 +346,20 @@ def main() -> None:
                 f"{sharing}: "
                 f"{m.trials_per_s:.2f} trials/s, eval {m.mean_eval_ms:.1f} ms, driver "
                 f"{m.driver_cpu_ms_per_trial:.1f} ms/trial, {m.solves_per_trial:.2f} solves/trial",
+                flush=True,
+            )
+            if args.out is not None:
+                args.out.write_text(json.dumps([asdict(x) for x in measures], indent=1))
+        for searches in args.workers if args.independent else []:
+            m = measure_independent(
+                anatomy, args.protocol, searches=searches, trials=args.trials, repeat=repeat,
+                target=args.target,
+            )  # fmt: skip
+            measures.append(m)
+            print(
+                f"repeat {repeat} {searches} independent serial search(es): "
+                f"{m.trials_per_s:.2f} trials/s, eval {m.mean_eval_ms:.1f} ms, "
+                f"{m.workers_cpu_ms_per_trial:.1f} ms CPU/trial",
                 flush=True,
             )
             if args.out is not None:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bench.workers import Measure, _cpu_snapshot, table
+from bench.workers import Measure, _cpu_snapshot, common_window, table
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
@@ -39,3 +39,21 @@ def test_the_table_gives_the_ratio_of_median_throughputs() -> None:
     assert "reproducible: 2 workers (sharing on) / 1 worker (1 thread each) = 1.43x" in text
     assert "reproducible: 2 workers (sharing off) / 1 worker (1 thread each) = 1.16x" in text
     assert "10%" in text and "0.90" in text
+
+
+def test_independent_searches_count_only_while_all_explore() -> None:
+    # The second search starts at 1.0 and the first ends at 3.0: 2 s, in which the first told
+    # 2.0 and 3.0, the second 2.0 and 2.5 (its own start, 1.0, opens the window).
+    assert common_window([[0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 2.5, 4.0, 5.0]]) == (4, 2.0)
+    assert common_window([[0.0, 1.0], [2.0, 3.0]]) == (0, 0.0)  # never side by side
+
+
+def test_the_table_gives_the_ratio_of_independent_searches() -> None:
+    one = _m(1, 80.0, 0)
+    two = _m(2, 150.0, 0)
+    independent = [
+        Measure(**{**m.__dict__, "mode": "independent", "sharing": "-"}) for m in (one, two)
+    ]
+    text = table([one, two, *independent])
+    assert "independent: 2 serial searches / 1 = 1.88x" in text
+    assert "reproducible: 2 workers (sharing on) / 1 worker (1 thread each) = 1.88x" in text
