@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import signal
@@ -147,6 +148,15 @@ class _Task:
     bundle: ray.ObjectRef | None = None  # the pair solutions it solves, when actors share
 
 
+@dataclass(frozen=True)
+class _FineTask:
+    candidate: Candidate
+    worker: Worker
+    handle: ActorHandle  # the actor it went to: a replaced worker has a new one
+    order: int  # submission order: an actor runs its tasks in this order
+    resent: bool = False  # already sent again after its first worker died
+
+
 @dataclass
 class _Outcome:
     reply: Reply | None
@@ -163,6 +173,7 @@ class RunStats:
     trials_told: int = 0
     failed_trials: int = 0
     worker_deaths: int = 0
+    fine_worker_deaths: int = 0  # of worker_deaths: during the fine re-evaluation
     unexpected_errors: int = 0
     # Exploration's needle pairs: solved by an actor, served from its cache, and of those
     # handed over from another actor (services.planner.unit_sharing).
@@ -802,13 +813,20 @@ class DistributedSearch:
         self, picked: Sequence[Candidate]
     ) -> dict[str, PlanEvaluation | str] | None:
         """Fine evaluations of ``picked`` in parallel (candidate i on live worker i mod n);
-        None when cancelled. Waits for all, or once late for the first that evaluates."""
+        None when cancelled. Waits for all, or once late for the first that evaluates. A worker
+        that dies loses the candidate it was evaluating (``_fine_worker_died``)."""
         assert self.pool is not None
         alive = self.pool.alive
-        pending: dict[ray.ObjectRef, tuple[int, Candidate, Worker]] = {}
+        pending: dict[ray.ObjectRef, _FineTask] = {}
+        sent = itertools.count()
+
+        def send(candidate: Candidate, worker: Worker, resent: bool = False) -> None:
+            assert self.pool is not None
+            ref = self.pool.submit(worker, candidate.plan, "fine")
+            pending[ref] = _FineTask(candidate, worker, worker.handle, next(sent), resent)
+
         for i, c in enumerate(picked):
-            worker = alive[i % len(alive)]
-            pending[self.pool.submit(worker, c.plan, "fine")] = (i, c, worker)
+            send(c, alive[i % len(alive)])
         out: dict[str, PlanEvaluation | str] = {}
         have_first = False
         while pending:
@@ -818,28 +836,86 @@ class DistributedSearch:
                 break
             done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
             for ref in done:
-                i, c, worker = pending.pop(ref)
-                key = plan_identity(c.plan)
+                if ref not in pending:
+                    continue  # settled with its dead worker's other candidates
+                task = pending.pop(ref)
                 try:
                     reply: Reply = ray.get(ref)
-                except RayActorError as exc:
-                    out[key] = f"worker {worker.index} died during the fine evaluation ({exc})"
-                    self.stats.worker_deaths += 1
-                    self.pool.died(worker)
+                except RayActorError:
+                    self._fine_worker_died(ref, task, pending, out, send)
                     continue
                 except RayTaskError as exc:
-                    out[key] = f"fine evaluation raised {exc.cause or exc}"
+                    out[plan_identity(task.candidate.plan)] = (
+                        f"fine evaluation raised {exc.cause or exc}"
+                    )
                     continue
-                self._fine_seconds[key] = reply.seconds
-                if reply.evaluation is None:
-                    out[key] = reply.error or "not evaluated"
-                else:
-                    out[key] = reply.evaluation
-                    self._fine_worker[key] = worker.index
+                self._fine_result(task, reply, out)
             # As in TwoFidelity.refine: once late, keep what has evaluated, in coarse order.
             have_first = any(isinstance(out.get(plan_identity(c.plan)), PlanEvaluation)
                              for c in picked)  # fmt: skip
         return out
+
+    def _fine_result(
+        self, task: _FineTask, reply: Reply, out: dict[str, PlanEvaluation | str]
+    ) -> None:
+        key = plan_identity(task.candidate.plan)
+        self._fine_seconds[key] = reply.seconds
+        if reply.evaluation is None:
+            out[key] = reply.error or "not evaluated"
+        else:
+            out[key] = reply.evaluation
+            self._fine_worker[key] = task.worker.index
+
+    def _fine_worker_died(
+        self,
+        ref: ray.ObjectRef,
+        task: _FineTask,
+        pending: dict[ray.ObjectRef, _FineTask],
+        out: dict[str, PlanEvaluation | str],
+        send: Callable[[Candidate, Worker, bool], None],
+    ) -> None:
+        """Settle every candidate the dead actor had, as exploration does with trials: results
+        it finished are kept, the one it was evaluating is lost, the ones queued behind it go
+        to the worker's replacement (or another live worker). The actor is replaced once,
+        however many of its candidates report its death."""
+        assert self.pool is not None
+        worker = task.worker
+        mine = sorted(
+            [(ref, task), *((r, t) for r, t in pending.items() if t.handle is task.handle)],
+            key=lambda item: item[1].order,
+        )
+        for r, _ in mine:
+            pending.pop(r, None)
+        self.stats.worker_deaths += 1
+        self.stats.fine_worker_deaths += 1
+        lost = False
+        again: list[_FineTask] = []
+        for r, t in mine:
+            key = plan_identity(t.candidate.plan)
+            if lost:
+                again.append(t)
+                continue
+            try:
+                reply: Reply = ray.get(r, timeout=DEAD_RESULT_WAIT_S)
+            except (RayActorError, GetTimeoutError):
+                out[key] = (
+                    f"not evaluated: worker {worker.index} (pid {worker.pid}) died during the "
+                    "fine evaluation (RayActorError)"
+                )
+                lost = True
+            except RayTaskError as exc:
+                out[key] = f"fine evaluation raised {exc.cause or exc}"
+            else:
+                self._fine_result(t, reply, out)
+        self.pool.died(worker)  # PoolError when it was the last: _run reports it
+        for t in again:
+            if t.resent:  # its second worker died too: not a third
+                out[plan_identity(t.candidate.plan)] = (
+                    "not evaluated: two workers died with this plan queued"
+                )
+                continue
+            target = worker if not worker.retired else self.pool.alive[0]
+            send(t.candidate, target, True)
 
     def _pareto(self, trials: Sequence[optuna.trial.FrozenTrial]) -> list[ParetoPoint]:
         if not self.multi_objective:
@@ -860,10 +936,17 @@ class DistributedSearch:
         """The run's notes; ``stopped_by``: why exploration ended (None when it was cut
         short), so that a slow start is told only where the time limit ended exploration."""
         notes = list(self.notes)
-        if self.stats.worker_deaths:
+        exploring = self.stats.worker_deaths - self.stats.fine_worker_deaths
+        if exploring:
             notes.append(
-                f"{self.stats.worker_deaths} worker death(s): each lost its trial in flight "
+                f"{exploring} worker death(s): each lost its trial in flight "
                 "(told FAIL); the pool replaced the workers"
+            )
+        if self.stats.fine_worker_deaths:
+            notes.append(
+                f"{self.stats.fine_worker_deaths} worker death(s) during the fine "
+                "re-evaluation: each lost the candidate it was evaluating (the ones queued "
+                "behind it went to a live worker); the pool replaced the workers"
             )
         if self.stats.unexpected_errors:
             notes.append(f"{self.stats.unexpected_errors} trial(s) raised an unexpected error")

@@ -71,6 +71,41 @@ def test_a_worker_killed_mid_trial_loses_only_its_trial(
     assert len(stored.trials) == 12
 
 
+def test_a_worker_killed_before_the_fine_re_evaluation_loses_one_candidate_only(
+    ray_cluster, lesion, ect
+):
+    killed: list[int] = []
+
+    def kill_at_refine(p: SearchProgress) -> None:
+        # The fine candidates all go to the one worker right after this report: it is dead
+        # by then, and each of them learns so.
+        assert isinstance(p, ClusterProgress)
+        if p.phase == "refine" and not killed:
+            assert search.pool is not None
+            pid = search.pool.workers[0].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    with DistributedSearch(lesion, ect, trials=12, workers=1, seed=0, refine_top_k=3,
+                           **QUICK) as search:  # fmt: skip
+        result = search.run(on_progress=kill_at_refine)
+        assert search.pool is not None
+        replacement = search.pool.workers[0]
+        assert replacement.deaths == 1 and not replacement.retired
+    assert killed
+    # Replaced once, not once per candidate that found it dead.
+    assert search.stats.worker_deaths == search.stats.fine_worker_deaths == 1
+    lost = [r for r in result.refined if r.error is not None and "died" in r.error]
+    assert len(lost) == 1 and f"pid {killed[0]}" in lost[0].error
+    # The candidates queued behind the lost one were evaluated by the replacement.
+    evaluated = [r for r in result.refined if r.evaluation is not None]
+    assert len(evaluated) >= 2
+    assert result.evaluation is not None and result.trial_number != lost[0].candidate.trial_number
+    assert any("during the fine re-evaluation" in n for n in result.notes)
+    assert not any("told FAIL" in n for n in result.notes)
+
+
 def _run_in_thread(search: DistributedSearch, cancel: threading.Event, started: threading.Event):
     box: dict[str, object] = {}
 
