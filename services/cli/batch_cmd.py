@@ -27,6 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from services.cli.arg_types import positive_int, positive_seconds
 from services.cli.target_option import add_target_argument
 
 CANCELLED_EXIT = 130
@@ -42,9 +43,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="ect",
         help="protocol name (ect, ire, irect) or TOML file (default ect)",
     )
-    p.add_argument("--trials", type=int, help="trials per case (default 200, or unlimited when "
-                   "only --time-limit-per-case is given)")  # fmt: skip
-    p.add_argument("--time-limit-per-case", type=float, help="seconds of search per case")
+    p.add_argument("--trials", type=positive_int, help="trials per case (default 200, or "
+                   "unlimited when only --time-limit-per-case is given)")  # fmt: skip
+    p.add_argument("--time-limit-per-case", type=positive_seconds,
+                   help="seconds of search per case")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--grid-mm", type=float, default=1.0, help="fine planning grid (mm) for the "
                    "final evaluation; exploration uses max(2, this)")  # fmt: skip

@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a refused argument (argparse printed why), --help, --version
+        return exc.code if isinstance(exc.code, int) else 2
     from optimizer.anatomy.errors import AnatomyError
 
     try:

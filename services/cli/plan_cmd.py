@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from services.cli.arg_types import positive_int, positive_seconds
 from services.cli.target_option import add_target_argument
 
 CANCELLED_EXIT = 130
@@ -34,12 +35,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--anatomy", required=True, help="case folder, DICOM folder, label map, .npz")
     p.add_argument("--protocol", required=True, help="protocol name (ect, ire, irect) or TOML file")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--trials", type=int, help="trial budget (default 200, or unlimited when "
-                   "only --time-limit is given)")  # fmt: skip
-    p.add_argument("--time-limit", type=float,
+    p.add_argument("--trials", type=positive_int, help="trial budget (default 200, or "
+                   "unlimited when only --time-limit is given)")  # fmt: skip
+    p.add_argument("--time-limit", type=positive_seconds,
                    help="seconds for the whole search: exploration leaves 40 %% of it (at most "
                    "30 s) to the fine re-evaluation")  # fmt: skip
-    p.add_argument("--workers", type=int, default=2, help="evaluator actors (default 2)")
+    p.add_argument("--workers", type=positive_int, default=2,
+                   help="evaluator actors (default 2)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--ray-address", help="Ray cluster (host:port or ray://host:10001); default "
                    "RAY_ADDRESS, else a local Ray")  # fmt: skip
@@ -128,8 +130,9 @@ def run(args: argparse.Namespace) -> int:
         search.close()
         if search.stats.cluster is not None and search.stats.cluster.started_here:
             shutdown()
-    verdict = "[green]meets every required criterion[/]" if result.passed else (
-        "[yellow]does NOT meet every required criterion[/]")  # fmt: skip
+    level = "" if result.refined else " on the coarse grid (not re-evaluated on the fine one)"
+    verdict = f"[green]meets every required criterion{level}[/]" if result.passed else (
+        f"[yellow]does NOT meet every required criterion{level}[/]")  # fmt: skip
     console.print(f"{search.case_fine.case_id}: the plan (trial {result.trial_number}, "
                   f"{len(result.plan.needles)} needles, {len(result.plan.pairs)} pairs) "
                   f"{verdict}; {result.trials_run} trials in {result.elapsed_s:.1f} s "

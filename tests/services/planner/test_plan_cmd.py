@@ -103,8 +103,26 @@ def test_a_zero_budget_is_refused(lesion_npz, tmp_path, capsys):
     code = main(["plan", "--anatomy", str(lesion_npz), "--protocol", "ect",
                  "--out", str(tmp_path / "out"), "--trials", "0"])  # fmt: skip
     assert code == 2
-    assert "trials must be >= 1" in capsys.readouterr().err
+    assert "argument --trials: must be 1 or more, got 0" in capsys.readouterr().err
     assert time.monotonic() - started < 5.0
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--time-limit", "-1", "argument --time-limit: must be a number of seconds above 0"),
+        ("--time-limit", "nan", "argument --time-limit: must be a number of seconds above 0"),
+        ("--time-limit", "soon", "argument --time-limit: expected a number of seconds"),
+        ("--workers", "0", "argument --workers: must be 1 or more, got 0"),
+        ("--trials", "2.5", "argument --trials: expected a whole number, got '2.5'"),
+    ],
+)
+def test_a_bad_budget_is_refused_by_its_flag(lesion_npz, tmp_path, capsys, flag, value, message):
+    code = main(["plan", "--anatomy", str(lesion_npz), "--protocol", "ect",
+                 "--out", str(tmp_path / "out"), flag, value])  # fmt: skip
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_output_folder_that_cannot_be_made_is_a_clear_error(lesion_npz, tmp_path, capsys):
