@@ -145,7 +145,8 @@ class SearchResult:
         head = (
             f"{'PASS' if self.passed else 'FAIL'}: trial {self.trial_number}{lowered} of "
             f"{self.trials_in_study}, {len(self.plan.needles)} needles, "
-            f"{len(self.plan.pairs)} pairs, score {self.score.total:.4g} (fine); "
+            f"{len(self.plan.pairs)} pairs, score {self.score.total:.4g} "
+            f"({'fine' if self.refined else 'coarse'}); "
             f"{self.trials_run} trials in {self.elapsed_s:.1f} s, stopped by {self.stopped_by}"
         )
         lines = [head]

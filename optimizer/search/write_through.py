@@ -24,12 +24,21 @@ from collections.abc import Container, Sequence
 from typing import Any
 
 from optuna.distributions import BaseDistribution
+from optuna.exceptions import StorageInternalError
 from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.study._frozen import FrozenStudy
 from optuna.study._study_direction import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 _JSON = Any
+# What a failing durable storage raises: a journal file's OS errors (disk full, the file gone),
+# a database's (Optuna wraps SQLAlchemy's operational errors in StorageInternalError).
+DURABLE_ERRORS = (OSError, StorageInternalError, SQLAlchemyError)
+
+
+class DurableWriteError(RuntimeError):
+    """The durable storage refused a finished trial; it holds every trial written before."""
 
 
 class WriteThroughStorage(BaseStorage):
@@ -177,7 +186,12 @@ class WriteThroughStorage(BaseStorage):
             self._write(study_id, waiting.pop(self._written[study_id]))
 
     def _write(self, study_id: int, trial: FrozenTrial) -> None:
-        self.durable.create_new_trial(self._durable_study[study_id], template_trial=trial)
+        try:
+            self.durable.create_new_trial(self._durable_study[study_id], template_trial=trial)
+        except DURABLE_ERRORS as exc:
+            raise DurableWriteError(
+                f"trial {trial.number} could not be written ({type(exc).__name__}: {exc})"
+            ) from exc
         self._written[study_id] += 1
 
     def flush(self) -> int:

@@ -109,6 +109,7 @@ from optimizer.search.study import (
     tell_error,
 )
 from optimizer.search.study import candidates as trial_candidates
+from optimizer.search.write_through import DurableWriteError
 from optimizer.tissue.table import TissueTable
 from services.planner.actors import CaseSpec, Reply
 from services.planner.affinity import PairAffinity, pair_keys
@@ -133,6 +134,12 @@ EVAL_SECONDS_ATTR = "evaluation_s"
 PIPELINE_DEPTH = 2
 # How long a dead actor's other results are waited for (they are known to Ray by then).
 DEAD_RESULT_WAIT_S = 5.0
+# Past the time limit, how long the driver still waits for a worker that does not answer (a
+# stopped process, a replacement the cluster cannot place) before it settles that worker's plans
+# as not evaluated: the larger of this and half the limit, so a slow but working fine
+# evaluation is still waited for.
+STALL_GRACE_S = 30.0
+STALL_GRACE_SHARE = 0.5
 
 
 class SearchCancelledError(SearchError):
@@ -303,6 +310,10 @@ class DistributedSearch:
         self._fine_seconds: dict[str, float] = {}
         self._prepared = False
         self._ran = False
+        self._storage_failed = False
+        self.stall_grace_s = (
+            None if time_limit_s is None else max(STALL_GRACE_S, STALL_GRACE_SHARE * time_limit_s)
+        )
 
     # ---- context -----------------------------------------------------------------------
 
@@ -458,8 +469,19 @@ class DistributedSearch:
         except PoolError as exc:
             self._abandon(f"not evaluated: {exc}")
             raise SearchError(str(exc)) from exc
+        except DurableWriteError as exc:
+            self._storage_failed = True
+            shown = f" {mask_url(self.storage_url)}" if self.storage_url else " (in memory)"
+            if self.pool is not None:
+                self.pool.shutdown()
+            raise SearchError(
+                f"the study storage{shown} failed during the search: {exc}; the trials told "
+                "before it are there. "
+                "Fix the storage (disk space, database) and plan again with the same --out "
+                "(or --storage) to resume the study"
+            ) from exc
         finally:
-            if self._prepared:
+            if self._prepared and not self._storage_failed:
                 flush(self.study)  # trials held back behind one that was never told
         self._report("done", "")
         return result
@@ -469,6 +491,21 @@ class DistributedSearch:
 
     def _late(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _stalled(self) -> bool:
+        """The grace past the time limit is over: stop waiting for workers."""
+        return (
+            self.deadline is not None
+            and self.stall_grace_s is not None
+            and time.monotonic() >= self.deadline + self.stall_grace_s
+        )
+
+    def _stall_message(self, what: str) -> str:
+        return (
+            f"{what}: no worker answered within {self.stall_grace_s:g} s after the "
+            f"{self.time_limit_s:g} s time limit (a stopped worker process, or a replacement "
+            "the cluster could not place; see `ray status`)"
+        )
 
     def _seconds(self) -> float:
         return time.monotonic() - self.started
@@ -538,6 +575,10 @@ class DistributedSearch:
             self._fill()
             if not self.inflight:
                 break
+            if self._stalled():
+                self._abandon(self._stall_message("not evaluated"), kill=False)
+                self.notes.append(self._stall_message("exploration stopped waiting"))
+                return "time"
             done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=POLL_S)
             for ref in done:
                 if ref in self.inflight:  # not already settled with a dead worker's others
@@ -785,6 +826,10 @@ class DistributedSearch:
         ]
         chosen = refined[0] if refined else None
         if chosen is None or chosen.evaluation is None or chosen.score is None:
+            if self._stalled() and self.best is not None:
+                return self._coarse_result(
+                    stopped_by, self._stall_message("no fine evaluation finished")
+                )
             errors = "; ".join(r.error or "" for r in refined)
             raise SearchError(f"no candidate could be evaluated on the fine level: {errors}")
         c = chosen.candidate
@@ -832,7 +877,7 @@ class DistributedSearch:
         while pending:
             if self._cancelled():
                 return None
-            if self._late() and have_first:
+            if self._late() and (have_first or self._stalled()):
                 break
             done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
             for ref in done:
@@ -962,10 +1007,10 @@ class DistributedSearch:
 
     # ---- cancellation ------------------------------------------------------------------
 
-    def _abandon(self, message: str) -> None:
-        """Kill the workers and tell every asked, untold trial: completed results in ask
-        order as they are, the rest FAIL with ``message``."""
-        if self.pool is not None:
+    def _abandon(self, message: str, *, kill: bool = True) -> None:
+        """Kill the workers (unless not ``kill``) and tell every asked, untold trial:
+        completed results in ask order as they are, the rest FAIL with ``message``."""
+        if kill and self.pool is not None:
             self.pool.shutdown()
         batched = [t for batch in self.batches for t in batch]
         numbers = {t.proposal.number for t in batched}
@@ -989,17 +1034,25 @@ class DistributedSearch:
             self.close()
             raise SearchCancelledError("the search was cancelled while it was being set up")
         self._abandon("not evaluated: search cancelled")
+        result = self._coarse_result("cancelled", "cancelled before the fine re-evaluation")
+        self._report("done", "cancelled")
+        return result
+
+    def _coarse_result(self, stopped_by: str, why: str) -> SearchResult:
+        """The best exploration plan as it is, when no fine evaluation can be had (``why``)."""
         best, evaluation = self.best, self.best_evaluation
         if best is None or evaluation is None:
-            raise SearchCancelledError(
-                "the search was cancelled before any plan was evaluated; "
+            cancelled = stopped_by == "cancelled"
+            raise (SearchCancelledError if cancelled else SearchError)(
+                ("the search was cancelled" if cancelled else f"the search stopped ({why})")
+                + " before any plan was evaluated; "
                 f"{len(completed(self.study))} completed trial(s) are in study "
                 f"{self.study.study_name!r}"
             )
         params = dict(self.study.get_trials(deepcopy=False)[best.number].params)
         plan = self.space.decode(params, name=f"trial {best.number}")
         breakdown = score(evaluation, self.weights)
-        result = SearchResult(
+        return SearchResult(
             plan=plan,
             evaluation=evaluation,
             score=breakdown,
@@ -1011,27 +1064,25 @@ class DistributedSearch:
             trials_run=self.stats.trials_told,
             trials_in_study=len(self.study.get_trials(deepcopy=False)),
             elapsed_s=self._seconds(),
-            stopped_by="cancelled",
+            stopped_by=stopped_by,
             study_name=self.study.study_name,
             sampler=self.sampler_name,
             seed=self.seed,
             notes=[
                 *self._notes(),
-                f"cancelled before the fine re-evaluation: the plan and its evaluation are the "
-                f"coarse exploration result of trial {best.number} ({self.spec.coarse_mm:g} mm "
-                "grid, constant conductivity)",
+                f"{why}: the plan and its evaluation are the coarse exploration result of trial "
+                f"{best.number} ({self.spec.coarse_mm:g} mm grid, constant conductivity)",
             ],
         )
-        self._report("done", "cancelled")
-        return result
 
     # ---- outputs -----------------------------------------------------------------------
 
     def evaluate_with_fields(self, plan: Plan) -> EvaluatedPlan:
         """The fine evaluation of ``plan`` with its fields, from the worker that evaluated it
-        (its cache holds the solutions), else any worker, else in this process."""
+        (its cache holds the solutions), else any worker, else in this process; in this
+        process at once after workers stopped answering (``_stalled``)."""
         key = plan_identity(plan)
-        if self.pool is not None and self.pool.alive:
+        if self.pool is not None and self.pool.alive and not self._stalled():
             alive = self.pool.alive
             index = self._fine_worker.get(key)
             ordered = sorted(alive, key=lambda w: w.index != index)

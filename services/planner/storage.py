@@ -19,8 +19,10 @@ pandas)::
     storage = JournalStorage(JournalFileBackend("out/study.journal.log"))
     optuna.load_study(study_name=None, storage=storage).trials_dataframe()
 
-PostgreSQL (``postgresql://user:password@host:5432/db``), for a cluster's shared studies,
-needs the ``psycopg2-binary`` driver. Connections time out after ``CONNECT_TIMEOUT_S``, so an
+PostgreSQL (``postgresql://user:password@host:5432/db``), for studies a cluster's searches
+and batch jobs keep in one place (one search at a time per study: a search reads its stored
+trials when it opens the study and does not see another's written later), needs the
+``psycopg2-binary`` driver. Connections time out after ``CONNECT_TIMEOUT_S``, so an
 unreachable database is an error within seconds, never a hang.
 """
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import _thread
+import contextlib
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optimizer.search.local import SearchProgress
+from optimizer.search.local import SearchError, SearchProgress
 from optimizer.search.study import ERROR_ATTR
 from services.planner.driver import (
     WORKER_ATTR,
@@ -106,6 +108,64 @@ def test_a_worker_killed_before_the_fine_re_evaluation_loses_one_candidate_only(
     assert not any("told FAIL" in n for n in result.notes)
 
 
+def test_a_worker_that_stops_answering_ends_the_search_at_the_time_limit(
+    ray_cluster, lesion, ect
+):
+    stopped: list[int] = []
+
+    def stop_after_three(p: SearchProgress) -> None:
+        # SIGSTOP: the process lives on and Ray never learns it died; its plans never return.
+        if p.phase == "explore" and p.trials_done >= 3 and not stopped:
+            assert search.pool is not None and search.pool.workers[0].pid is not None
+            os.kill(search.pool.workers[0].pid, signal.SIGSTOP)
+            stopped.append(search.pool.workers[0].pid)
+
+    search = DistributedSearch(lesion, ect, trials=None, time_limit_s=20, workers=1, seed=0,
+                               **QUICK)  # fmt: skip
+    search.stall_grace_s = 2.0
+    try:
+        started = time.monotonic()
+        result = search.run(on_progress=stop_after_three)
+        took = time.monotonic() - started
+        # The outputs' fields come from this process, not from the silent worker.
+        evaluated = search.evaluate_with_fields(result.plan)
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        search.close()
+    assert stopped, "the search never told three trials"
+    assert took < 20 + 2 + 10  # the limit, the grace, slack for a busy machine
+    assert result.stopped_by == "time" and result.refined == [] and result.trials_run >= 3
+    assert "(coarse)" in result.summary()
+    assert any("no worker answered within 2 s after the 20 s time limit" in n
+               for n in result.notes)  # fmt: skip
+    assert any("coarse exploration result of trial" in n for n in result.notes)
+    assert evaluated.evaluation.plan.name == result.plan.name
+
+
+def test_a_storage_that_fails_mid_search_is_a_clear_error(ray_cluster, lesion, ect, tmp_path):
+    journal = tmp_path / "study.journal.log"
+    broken: list[int] = []
+
+    def break_after_three(p: SearchProgress) -> None:
+        # The journal file becomes a folder: every later write fails as on a lost volume.
+        if p.trials_done >= 3 and not broken:
+            journal.unlink()
+            journal.mkdir()
+            broken.append(p.trials_done)
+
+    search = DistributedSearch(lesion, ect, trials=30, workers=1, seed=0,
+                               storage_url=str(journal), **QUICK)  # fmt: skip
+    with pytest.raises(SearchError, match=r"the study storage .*study\.journal\.log failed") as err:
+        search.run(on_progress=break_after_three)
+    assert broken
+    assert "could not be written (IsADirectoryError" in str(err.value)
+    assert "plan again with the same --out" in str(err.value)
+    assert search.pool is not None and not search.pool.alive  # the workers were stopped
+    search.close()
+
+
 def _run_in_thread(search: DistributedSearch, cancel: threading.Event, started: threading.Event):
     box: dict[str, object] = {}
 
@@ -147,8 +207,22 @@ def test_cancellation_stops_within_two_seconds_and_keeps_completed_trials(
     assert TrialState.RUNNING not in states
     assert states.count(TrialState.COMPLETE) == sum(r.error is None for r in result.history)
     assert states.count(TrialState.COMPLETE) >= 3
-    # The workers were killed with the search.
-    assert search.pool is None or not search.pool.alive
+    # The workers' processes were killed with the search (Ray kills them asynchronously).
+    assert search.pool is not None and not search.pool.alive
+    pids = [w.pid for w in search.pool.workers if w.pid is not None]
+    assert len(pids) == 2
+    while any(_running(pid) for pid in pids) and time.monotonic() < set_at + 10:
+        time.sleep(0.05)
+    assert not any(_running(pid) for pid in pids), "a worker process outlived the cancellation"
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (dead, not yet reaped by its parent)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def test_ctrl_c_cancels_like_the_event(ray_cluster, lesion, ect):
