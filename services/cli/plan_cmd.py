@@ -11,7 +11,8 @@ its SQLite ``study.db``).
 Exit 0 when a plan was produced, whether or not it meets every required criterion (the
 summary says which it misses and by how much); 2 on bad input or an unreachable cluster or
 database; 130 when cancelled with Ctrl-C (plan.json and search.json then hold the best plan
-explored so far, not confirmed on the fine grid).
+explored so far, not confirmed on the fine grid; nothing is written when no plan was evaluated
+yet).
 """
 
 from __future__ import annotations
@@ -73,10 +74,11 @@ def run(args: argparse.Namespace) -> int:
 
     from optimizer.evaluate.protocol import load_protocol
     from optimizer.evaluate.report import write_evaluation_outputs
+    from optimizer.search.study import SearchStudyError
     from optimizer.tissue.table import load_tissue_table
     from services.cli.main import CliError
     from services.planner.cluster import ClusterError, shutdown
-    from services.planner.driver import DistributedSearch
+    from services.planner.driver import DistributedSearch, SearchCancelledError
     from services.planner.outputs import write_search_outputs
     from services.planner.progress import ProgressView
     from services.planner.storage import dashboard_command, default_storage_url, mask_url
@@ -99,7 +101,13 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     try:
         with console.status("loading the anatomy and building the search space"):
-            search.prepare()
+            try:
+                search.prepare()
+            except SearchStudyError as exc:
+                raise CliError(
+                    f"{exc} (here: plan into a new --out folder, or name another study with "
+                    "--study-name)"
+                ) from exc
         console.print(f"study {search.study_name!r} in {mask_url(storage)}; watch it live with: "
                       f"{dashboard_command(storage)}", highlight=False)  # fmt: skip
         for note in search.notes:
@@ -111,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
                 result = search.run(on_progress=view.update)
         except ClusterError as exc:
             raise CliError(str(exc)) from exc
+        except SearchCancelledError as exc:  # Ctrl-C before any plan was evaluated
+            Console(stderr=True).print(f"cancelled: {exc}", highlight=False)
+            return CANCELLED_EXIT
         cancelled = result.stopped_by == "cancelled"
         started = time.perf_counter()
         files = write_search_outputs(result, search, out)

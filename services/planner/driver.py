@@ -229,6 +229,18 @@ def _actor_key(worker: Worker) -> tuple[int, int]:
     return worker.index, worker.deaths
 
 
+def crowded_note(workers: int, cpus: int) -> str | None:
+    """A note when a local Ray gets more workers than the machine has CPUs (it is started
+    with as many CPUs as workers, so every worker starts, but they share the cores)."""
+    if workers <= cpus:
+        return None
+    return (
+        f"{workers} workers on this machine's {cpus} CPUs: each worker is one process with its "
+        f"own grids and caches, so the {workers - cpus} beyond the CPUs only share them (more "
+        f"memory, no more speed); --workers {cpus} or fewer is as fast"
+    )
+
+
 def _default_threads(cluster: ClusterInfo, workers: int) -> int:
     per_node = max(1, cluster.cpus // max(cluster.nodes, 1))
     return max(1, per_node // max(1, math.ceil(workers / max(cluster.nodes, 1))))
@@ -391,8 +403,13 @@ class DistributedSearch:
         report("connecting to Ray")
         cluster = connect(self.ray_address, num_cpus=max(os.cpu_count() or 1, self.workers))
         self.stats.cluster = cluster
+        crowded = crowded_note(self.workers, os.cpu_count() or 1) if cluster.local else None
+        if crowded is not None:
+            self.notes.append(crowded)
         threads = self.threads_per_worker or _default_threads(cluster, self.workers)
         self.stats.threads_per_worker = threads
+        if self._cancelled():  # nor can Ray's start: before any actor is made
+            return False
         report(f"starting {self.workers} workers ({threads} threads each)")
         self.affinity = PairAffinity(self.warm_plan)
         self.shared = SharedUnits()
@@ -447,6 +464,8 @@ class DistributedSearch:
             if not self._prepared:
                 self._report("start", "building the planning grids")
                 self.prepare()
+            if self._cancelled():  # building the grids cannot be interrupted; checked after
+                return self._cancel()
             ready = self._start_workers(stop_start, lambda m: self._report("start", m))
             self.stats.startup_s = time.monotonic() - self.started
             self.explore_started = time.monotonic()
@@ -1068,6 +1087,9 @@ class DistributedSearch:
             study_name=self.study.study_name,
             sampler=self.sampler_name,
             seed=self.seed,
+            pareto=self._pareto(
+                pareto_front(completed(self.study)) if self.multi_objective else []
+            ),
             notes=[
                 *self._notes(),
                 f"{why}: the plan and its evaluation are the coarse exploration result of trial "

@@ -166,6 +166,16 @@ def test_a_storage_that_fails_mid_search_is_a_clear_error(ray_cluster, lesion, e
     search.close()
 
 
+def test_a_search_cancelled_while_it_builds_its_grids_starts_no_worker(ray_cluster, lesion, ect):
+    cancel = threading.Event()
+    cancel.set()  # as a front's cancel arriving while the job prepares
+    search = DistributedSearch(lesion, ect, trials=10, workers=2, **QUICK)
+    with pytest.raises(SearchCancelledError, match="cancelled before any plan was evaluated"):
+        search.run(cancel_event=cancel)
+    assert search.pool is None
+    search.close()
+
+
 def _run_in_thread(search: DistributedSearch, cancel: threading.Event, started: threading.Event):
     box: dict[str, object] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import html
 import json
 import os
@@ -20,8 +21,10 @@ from bench.product import read_run
 from optimizer.anatomy.readers.npz import save_anatomy_npz
 from optimizer.anatomy.structures import Anatomy, Structure
 from optimizer.evaluate.plan import Plan
+from optimizer.search.local import SearchProgress
 from optimizer.search.samplers import DEFAULT_SAMPLER
 from services.cli.main import main
+from services.planner.progress import ProgressView
 
 REPO = Path(__file__).resolve().parents[3]
 EVALUATE_FILES = (
@@ -96,6 +99,75 @@ def test_multi_objective_search_writes_the_pareto_front(ray_cluster, lesion_npz,
                                             "needles"}  # fmt: skip
         Plan.model_validate(point["plan"])
     assert json.loads((out / "search.json").read_text())["sampler"] == "nsga2"
+
+
+def test_plan_on_a_running_cluster_with_the_default_fine_grid(ray_cluster, lesion_npz, tmp_path):
+    # --ray-address names the cluster this process runs (probed like any address), the fine
+    # level is the default 1 mm grid with sigma(E), and the flags the first test leaves out.
+    out = tmp_path / "out"
+    code = main(["plan", "--anatomy", str(lesion_npz), "--protocol", "ect", "--out", str(out),
+                 "--trials", "8", "--workers", "2", "--seed", "3",
+                 "--ray-address", ray_cluster.address, "--asynchronous",
+                 "--study-name", "named-study", "--sampler", "tpe"])  # fmt: skip
+    assert code == 0
+    search = json.loads((out / "search.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert search["grids_mm"] == {"coarse": 2.0, "fine": 1.0}
+    assert metrics["planning_grid"]["spacing_mm"] == 1.0 and metrics["nonlinear"] is True
+    assert search["best"]["confirmed_on_fine_grid"] is True
+    assert search["workers"]["ray_address"] == ray_cluster.address
+    assert search["workers"]["local_ray"] is False  # connected to, not started
+    assert (search["study_name"], search["sampler"], search["seed"]) == ("named-study", "tpe", 3)
+    assert search["reproducible_order"] is False
+    assert search["trials"]["run"] == 8
+    # The returned plan's evaluation is the fine one written out.
+    plan = Plan.load(out / "plan.json")
+    assert metrics["plan"] == json.loads(plan.to_json())
+    fine = next(r for r in search["refined"] if r["trial"] == search["best"]["trial"]
+                and r["voltage_factor"] == search["best"]["voltage_factor"])  # fmt: skip
+    assert fine["passed"] == metrics["passed"]
+
+
+def test_ctrl_c_exits_130_with_the_best_plan_explored_so_far(
+    ray_cluster, lesion_npz, tmp_path, monkeypatch, capsys
+):
+    shown = ProgressView.update
+    interrupted: list[int] = []
+
+    def update(view: ProgressView, p: SearchProgress) -> None:
+        shown(view, p)
+        if p.trials_done >= 3 and not interrupted:
+            interrupted.append(p.trials_done)
+            _thread.interrupt_main()  # what Ctrl-C does
+
+    monkeypatch.setattr(ProgressView, "update", update)
+    out = tmp_path / "out"
+    code = main(["plan", "--anatomy", str(lesion_npz), "--protocol", "ect", "--out", str(out),
+                 "--trials", "100000", "--time-limit", "120", "--workers", "1",
+                 "--grid-mm", "2"])  # fmt: skip
+    assert interrupted and code == 130
+    search = json.loads((out / "search.json").read_text())
+    assert search["stopped_by"] == "cancelled"
+    assert search["best"]["confirmed_on_fine_grid"] is False
+    assert "(coarse)" in search["summary"]
+    assert "on the coarse grid (not re-evaluated on the fine one)" in " ".join(
+        capsys.readouterr().out.split()
+    )
+    Plan.load(out / "plan.json")
+
+
+def test_a_study_of_another_search_in_the_out_folder_names_the_flags(
+    ray_cluster, lesion_npz, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    first = ["plan", "--anatomy", str(lesion_npz), "--out", str(out), "--trials", "2",
+             "--workers", "1", "--grid-mm", "2", "--study-name", "mine"]  # fmt: skip
+    assert main([*first, "--protocol", "ect"]) == 0
+    capsys.readouterr()
+    assert main([*first, "--protocol", "irect"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "another case, protocol or search space" in err
+    assert "plan into a new --out folder, or name another study with --study-name" in err
 
 
 def test_a_zero_budget_is_refused(lesion_npz, tmp_path, capsys):

@@ -15,6 +15,7 @@ from services.planner.driver import (
     WORKER_ATTR,
     WORKER_PID_ATTR,
     DistributedSearch,
+    crowded_note,
     plan_distributed,
 )
 from services.planner.progress import ClusterProgress
@@ -156,3 +157,10 @@ def test_two_workers_hand_pair_solutions_to_each_other(ray_cluster, lesion, ect)
     stats = search.stats
     assert search.share_units and stats.pairs_adopted > 0
     assert stats.pairs_solved + stats.pairs_reused >= stats.trials_told
+
+
+def test_more_local_workers_than_cpus_are_noted():
+    assert crowded_note(2, 2) is None and crowded_note(1, 16) is None
+    note = crowded_note(8, 2)
+    assert note is not None
+    assert "8 workers on this machine's 2 CPUs" in note and "--workers 2 or fewer" in note
