@@ -140,6 +140,9 @@ DEAD_RESULT_WAIT_S = 5.0
 # evaluation is still waited for.
 STALL_GRACE_S = 30.0
 STALL_GRACE_SHARE = 0.5
+# How long the returned plan's fields are waited for from a worker (its cache holds the pair
+# solutions: seconds) before this process computes them itself.
+FIELDS_WAIT_S = 120.0
 
 
 class SearchCancelledError(SearchError):
@@ -1110,9 +1113,11 @@ class DistributedSearch:
             ordered = sorted(alive, key=lambda w: w.index != index)
             for worker in ordered:
                 try:
-                    evaluated: EvaluatedPlan = ray.get(self.pool.fields(worker, plan))
+                    evaluated: EvaluatedPlan = ray.get(
+                        self.pool.fields(worker, plan), timeout=FIELDS_WAIT_S
+                    )
                     return evaluated
-                except RayActorError:
+                except (RayActorError, GetTimeoutError):
                     continue
         evaluator = PlanEvaluator(
             self.case_fine, self.protocol, nonlinear=True, backend=self.backend, table=self.table

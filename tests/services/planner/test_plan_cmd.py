@@ -170,6 +170,31 @@ def test_a_study_of_another_search_in_the_out_folder_names_the_flags(
     assert "plan into a new --out folder, or name another study with --study-name" in err
 
 
+def test_the_same_command_in_another_process_gives_the_same_plan(
+    ray_cluster, lesion_npz, tmp_path
+):
+    args = ["plan", "--anatomy", str(lesion_npz), "--protocol", "ect", "--trials", "10",
+            "--workers", "2", "--grid-mm", "2", "--seed", "4",
+            "--ray-address", ray_cluster.address]  # fmt: skip
+    # Another process on the same cluster (it inherits this one's Ray token).
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from services.cli.main import main; sys.exit(main())",
+         *args, "--out", str(tmp_path / "a")],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    plans = [json.loads((tmp_path / d / "plan.json").read_text()) for d in "ab"]
+    assert plans[0] == plans[1]
+    trials = []
+    for d in "ab":
+        storage = JournalStorage(JournalFileBackend(str(tmp_path / d / "study.journal.log")))
+        study = optuna.load_study(study_name=None, storage=storage)
+        trials.append([(t.params, t.values, t.state) for t in study.trials])
+    assert len(trials[0]) == 10 and trials[0] == trials[1]
+
+
 def test_a_zero_budget_is_refused(lesion_npz, tmp_path, capsys):
     started = time.monotonic()
     code = main(["plan", "--anatomy", str(lesion_npz), "--protocol", "ect",
