@@ -32,6 +32,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import queue
 import statistics
 import sys
 import tempfile
@@ -39,6 +40,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -155,6 +157,11 @@ def measure(
         )  # fmt: skip
 
 
+# How long the independent searches may take to build their grids and compile, and to run.
+INDEPENDENT_START_S = 600.0
+INDEPENDENT_RUN_S = 3600.0
+
+
 @dataclass(frozen=True)
 class SerialRun:
     """One serial search's exploration: when each trial was told (wall clock, shared between
@@ -168,7 +175,7 @@ class SerialRun:
 
 def _serial_exploration(
     anatomy: Path, protocol_name: str, trials: int, seed: int, target: str,
-    ready: object, results: object,
+    ready: object, start: object, results: object,
 ) -> None:  # fmt: skip
     """A child process: one serial search, started when every child is ready."""
     import numba
@@ -199,7 +206,8 @@ def _serial_exploration(
             told_at.append(time.time())
             cpu[len(told_at) > 1] = time.process_time()
 
-    ready.wait()  # type: ignore[attr-defined]
+    ready.put(seed)  # type: ignore[attr-defined]
+    start.wait()  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory() as tmp:
         run_search(
             coarse, coarse, protocol, trials=trials, seed=seed, storage=default_storage_url(tmp),
@@ -220,6 +228,29 @@ def common_window(told_at: Sequence[Sequence[float]]) -> tuple[int, float]:
     return sum(sum(opened < t <= closed for t in times) for times in told_at), closed - opened
 
 
+def _collect(
+    box: object, count: int, children: Sequence[multiprocessing.process.BaseProcess],
+    timeout_s: float,
+) -> list[Any]:  # fmt: skip
+    """``count`` items from the queue ``box``; exits the bench when a child died first or
+    the time ran out (its traceback is above)."""
+    items: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(items) < count:
+        try:
+            items.append(box.get(timeout=1.0))  # type: ignore[attr-defined]
+            continue
+        except queue.Empty:
+            pass
+        dead = [c.exitcode for c in children if c.exitcode not in (None, 0)]
+        if dead or time.monotonic() > deadline:
+            for child in children:
+                child.kill()
+            sys.exit(f"independent searches: a child failed or ran out of time (exit codes "
+                     f"{[c.exitcode for c in children]})")  # fmt: skip
+    return items
+
+
 def measure_independent(
     anatomy: Path, protocol_name: str, *, searches: int, trials: int, repeat: int, target: str
 ) -> Measure:
@@ -228,26 +259,28 @@ def measure_independent(
     exploring (from the last first tell to the first last tell), per second of that window;
     a search that ends early would otherwise leave the other a free machine."""
     context = multiprocessing.get_context("spawn")
-    ready = context.Barrier(searches + 1)
+    ready, start = context.Queue(), context.Event()
     results = context.Queue()
     with one_thread_children():
         children = [
             context.Process(
                 target=_serial_exploration,
-                args=(anatomy, protocol_name, trials, repeat + i, target, ready, results),
+                args=(anatomy, protocol_name, trials, repeat + i, target, ready, start, results),
             )
             for i in range(searches)
         ]
         for child in children:
             child.start()
-    ready.wait()
+    _collect(ready, searches, children, INDEPENDENT_START_S)
+    start.set()
     first = _cpu_snapshot([c.pid for c in children if c.pid is not None])
-    runs: list[SerialRun] = [results.get() for _ in children]
+    runs: list[SerialRun] = _collect(results, searches, children, INDEPENDENT_RUN_S)
+    # Busy time up to the last result: each search's short refinement included.
     last = _cpu_snapshot([c.pid for c in children if c.pid is not None])
     for child in children:
         child.join()
     in_window, span = common_window([r.told_at for r in runs])
-    told = sum(len(r.told_at) - 1 for r in runs)
+    told = max(1, sum(len(r.told_at) - 1 for r in runs))
     per_trial = {}
     if first is not None and last is not None:
         busy, total, _ = (b - a for a, b in zip(first, last, strict=True))

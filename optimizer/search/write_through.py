@@ -37,8 +37,10 @@ _JSON = Any
 DURABLE_ERRORS = (OSError, StorageInternalError, SQLAlchemyError)
 
 
-class DurableWriteError(RuntimeError):
-    """The durable storage refused a finished trial; it holds every trial written before."""
+class DurableWriteError(Exception):
+    """The durable storage refused a finished trial; it holds every trial written before.
+    Not a RuntimeError: callers that ignore Optuna's errors for a trial already finished
+    (RuntimeError) must not ignore this."""
 
 
 class WriteThroughStorage(BaseStorage):
@@ -182,8 +184,9 @@ class WriteThroughStorage(BaseStorage):
         waiting[trial.number] = trial
         # Optuna asks enqueued trials lowest number first, so a lower number never waits on
         # a trial that is not asked yet: every gap here is a trial in flight.
-        while self._written[study_id] in waiting:
-            self._write(study_id, waiting.pop(self._written[study_id]))
+        while (number := self._written[study_id]) in waiting:
+            self._write(study_id, waiting[number])
+            del waiting[number]  # only once written: a failed write keeps it for a retry
 
     def _write(self, study_id: int, trial: FrozenTrial) -> None:
         try:
@@ -199,7 +202,8 @@ class WriteThroughStorage(BaseStorage):
         count = 0
         for study_id, waiting in self._finished.items():
             for number in sorted(waiting):
-                self._write(study_id, waiting.pop(number))
+                self._write(study_id, waiting[number])
+                del waiting[number]
                 count += 1
         return count
 

@@ -11,8 +11,9 @@ its SQLite ``study.db``).
 Exit 0 when a plan was produced, whether or not it meets every required criterion (the
 summary says which it misses and by how much); 2 on bad input or an unreachable cluster or
 database; 130 when cancelled with Ctrl-C (plan.json and search.json then hold the best plan
-explored so far, not confirmed on the fine grid; nothing is written when no plan was evaluated
-yet).
+explored so far, not confirmed on the fine grid; no plan.json when no plan was evaluated yet).
+A plan that was never re-evaluated on the fine grid gets plan.json and search.json only (run
+``ectplan evaluate`` on it for the rest).
 """
 
 from __future__ import annotations
@@ -104,9 +105,9 @@ def run(args: argparse.Namespace) -> int:
             try:
                 search.prepare()
             except SearchStudyError as exc:
+                where = "another --storage" if args.storage else "a new --out folder"
                 raise CliError(
-                    f"{exc} (here: plan into a new --out folder, or name another study with "
-                    "--study-name)"
+                    f"{exc} (here: plan into {where}, or name another study with --study-name)"
                 ) from exc
         console.print(f"study {search.study_name!r} in {mask_url(storage)}; watch it live with: "
                       f"{dashboard_command(storage)}", highlight=False)  # fmt: skip
@@ -125,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
         cancelled = result.stopped_by == "cancelled"
         started = time.perf_counter()
         files = write_search_outputs(result, search, out)
-        if not cancelled:
+        # A plan never re-evaluated on the fine grid (cancelled, or no fine evaluation could
+        # be had) keeps its coarse evaluation alone: `ectplan evaluate` gives the full one.
+        if result.refined:
             with console.status("writing the plan's fields, pictures and report"):
                 evaluated = search.evaluate_with_fields(result.plan)
                 extra = {"nonlinear": True, "search": {

@@ -503,8 +503,9 @@ class JobQueue:
             self._event(running.job_id, job_pb2.JOB_EVENT_KIND_PROGRESS, JobUpdate(progress=p))
 
     def _result_proto(self, result: SearchResult, modelled: list[str]) -> job_pb2.PlanResult:
-        # A search cancelled before its fine re-evaluation returns its best coarse evaluation.
-        fidelity = "fine" if result.refined or result.stopped_by != "cancelled" else "coarse"
+        # A search stopped before its fine re-evaluation (cancelled, or no fine evaluation
+        # could be had) returns its best coarse evaluation.
+        fidelity = "fine" if result.refined else "coarse"
         return job_pb2.PlanResult(
             plan=plan_to_proto(result.plan),
             plan_json=result.plan.to_json(),

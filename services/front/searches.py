@@ -288,12 +288,9 @@ class RaySearchRunner:
                 on_event(p)
 
             result = search.run(on_progress=progress, cancel_event=cancel_event)
-            # Outputs need the fields: the worker that evaluated the plan fine still has them.
-            evaluated = (
-                None
-                if result.stopped_by == "cancelled"
-                else (search.evaluate_with_fields(result.plan))
-            )
+            # Outputs need the fields: the worker that evaluated the plan fine still has them
+            # (a plan never re-evaluated there has its fields solved with the artifacts).
+            evaluated = search.evaluate_with_fields(result.plan) if result.refined else None
             return RunOutcome(result, search.case_fine, evaluated)
 
 

@@ -232,6 +232,13 @@ def _actor_key(worker: Worker) -> tuple[int, int]:
     return worker.index, worker.deaths
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's cpuset), else all."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def crowded_note(workers: int, cpus: int) -> str | None:
     """A note when a local Ray gets more workers than the machine has CPUs (it is started
     with as many CPUs as workers, so every worker starts, but they share the cores)."""
@@ -329,6 +336,8 @@ class DistributedSearch:
         self.stall_grace_s = (
             None if time_limit_s is None else max(STALL_GRACE_S, STALL_GRACE_SHARE * time_limit_s)
         )
+        self._stall_seen = False  # a wait was cut short by the grace (not merely the clock)
+        self._all_died: str | None = None  # every worker died in the fine re-evaluation
 
     # ---- context -----------------------------------------------------------------------
 
@@ -406,7 +415,7 @@ class DistributedSearch:
         report("connecting to Ray")
         cluster = connect(self.ray_address, num_cpus=max(os.cpu_count() or 1, self.workers))
         self.stats.cluster = cluster
-        crowded = crowded_note(self.workers, os.cpu_count() or 1) if cluster.local else None
+        crowded = crowded_note(self.workers, usable_cpus()) if cluster.started_here else None
         if crowded is not None:
             self.notes.append(crowded)
         threads = self.threads_per_worker or _default_threads(cluster, self.workers)
@@ -463,6 +472,21 @@ class DistributedSearch:
             return self._run(stop_start)
 
     def _run(self, stop_start: Callable[[], bool]) -> SearchResult:
+        """``_search``, with a failing study storage, wherever it shows (a tell, a cancel's
+        tells, the last flush), turned into one clear error."""
+        try:
+            return self._search(stop_start)
+        except DurableWriteError as exc:
+            if self.pool is not None:
+                self.pool.shutdown()
+            shown = f" {mask_url(self.storage_url)}" if self.storage_url else ""
+            raise SearchError(
+                f"the study storage{shown} failed during the search: {exc}; the trials told "
+                "before it are there. Fix the storage (disk space, database) and plan again "
+                "with the same --out (or --storage) to resume the study"
+            ) from exc
+
+    def _search(self, stop_start: Callable[[], bool]) -> SearchResult:
         try:
             if not self._prepared:
                 self._report("start", "building the planning grids")
@@ -491,22 +515,23 @@ class DistributedSearch:
         except PoolError as exc:
             self._abandon(f"not evaluated: {exc}")
             raise SearchError(str(exc)) from exc
-        except DurableWriteError as exc:
-            self._storage_failed = True
-            shown = f" {mask_url(self.storage_url)}" if self.storage_url else " (in memory)"
-            if self.pool is not None:
-                self.pool.shutdown()
-            raise SearchError(
-                f"the study storage{shown} failed during the search: {exc}; the trials told "
-                "before it are there. "
-                "Fix the storage (disk space, database) and plan again with the same --out "
-                "(or --storage) to resume the study"
-            ) from exc
+        except DurableWriteError:
+            self._storage_failed = True  # not tried again by the flush below
+            raise
         finally:
             if self._prepared and not self._storage_failed:
-                flush(self.study)  # trials held back behind one that was never told
+                self._flush()
         self._report("done", "")
         return result
+
+    def _flush(self) -> None:
+        """Write the trials held back behind one that was never told (once: a storage that
+        failed is not tried again while its error is being reported)."""
+        try:
+            flush(self.study)
+        except DurableWriteError:
+            self._storage_failed = True
+            raise
 
     def _cancelled(self) -> bool:
         return self.cancel_event.is_set()
@@ -514,19 +539,18 @@ class DistributedSearch:
     def _late(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def _stalled(self) -> bool:
-        """The grace past the time limit is over: stop waiting for workers."""
-        return (
-            self.deadline is not None
-            and self.stall_grace_s is not None
-            and time.monotonic() >= self.deadline + self.stall_grace_s
-        )
+    def _stalled(self, since: float | None) -> bool:
+        """Under a time limit: the grace after ``since`` (when the phase should have ended)
+        is over, so stop waiting for workers."""
+        if since is None or self.stall_grace_s is None:
+            return False
+        return time.monotonic() >= since + self.stall_grace_s
 
     def _stall_message(self, what: str) -> str:
         return (
-            f"{what}: no worker answered within {self.stall_grace_s:g} s after the "
-            f"{self.time_limit_s:g} s time limit (a stopped worker process, or a replacement "
-            "the cluster could not place; see `ray status`)"
+            f"{what}: no answer within {self.stall_grace_s:g} s of the end of its phase "
+            f"under the {self.time_limit_s:g} s time limit (a stopped worker process, or a "
+            "replacement the cluster could not place; see `ray status`)"
         )
 
     def _seconds(self) -> float:
@@ -597,10 +621,10 @@ class DistributedSearch:
             self._fill()
             if not self.inflight:
                 break
-            if self._stalled():
-                self._abandon(self._stall_message("not evaluated"), kill=False)
-                self.notes.append(self._stall_message("exploration stopped waiting"))
-                return "time"
+            if self._stalled(since=self.explore_until):
+                self._stop_waiting_for_silent_workers()
+                if not self.inflight:
+                    continue
             done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=POLL_S)
             for ref in done:
                 if ref in self.inflight:  # not already settled with a dead worker's others
@@ -608,6 +632,29 @@ class DistributedSearch:
         if self.trials is not None and self.asked >= self.trials:
             return "trials"
         return "time"
+
+    def _stop_waiting_for_silent_workers(self) -> None:
+        """Past the time limit and its grace: take every result that has arrived, then stop
+        the workers that still hold plans (told FAIL) so that the fine re-evaluation runs on
+        the others alone."""
+        assert self.pool is not None
+        done, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=0)
+        for ref in done:
+            if ref in self.inflight:
+                self._receive(ref)
+        if not self.inflight:
+            return
+        self._stall_seen = True
+        silent = {t.worker.index: t.worker for t in self.inflight.values()}
+        self._abandon(self._stall_message("not evaluated"), kill=False)
+        for worker in silent.values():
+            self.pool.retire(worker)
+        self.notes.append(
+            self._stall_message(
+                f"worker(s) {', '.join(str(i) for i in sorted(silent))} stopped: their plans "
+                "were told FAIL"
+            )
+        )
 
     def _receive(self, ref: ray.ObjectRef) -> None:
         task = self.inflight.pop(ref)
@@ -848,7 +895,11 @@ class DistributedSearch:
         ]
         chosen = refined[0] if refined else None
         if chosen is None or chosen.evaluation is None or chosen.score is None:
-            if self._stalled() and self.best is not None:
+            if self._all_died is not None and self.best is not None:
+                return self._coarse_result(
+                    stopped_by, f"no fine evaluation could be had ({self._all_died})"
+                )
+            if self._stall_seen and self.best is not None:
                 return self._coarse_result(
                     stopped_by, self._stall_message("no fine evaluation finished")
                 )
@@ -884,8 +935,11 @@ class DistributedSearch:
         that dies loses the candidate it was evaluating (``_fine_worker_died``)."""
         assert self.pool is not None
         alive = self.pool.alive
+        if not alive:  # every worker stopped answering, or died
+            return {}
         pending: dict[ray.ObjectRef, _FineTask] = {}
         sent = itertools.count()
+        sent_at = time.monotonic()
 
         def send(candidate: Candidate, worker: Worker, resent: bool = False) -> None:
             assert self.pool is not None
@@ -899,7 +953,11 @@ class DistributedSearch:
         while pending:
             if self._cancelled():
                 return None
-            if self._late() and (have_first or self._stalled()):
+            if self._late() and have_first:
+                break
+            if self.deadline is not None and self._stalled(since=max(self.deadline, sent_at)):
+                self._stall_seen = True
+                self.notes.append(self._stall_message("the fine re-evaluation stopped waiting"))
                 break
             done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
             for ref in done:
@@ -927,6 +985,7 @@ class DistributedSearch:
     ) -> None:
         key = plan_identity(task.candidate.plan)
         self._fine_seconds[key] = reply.seconds
+        task.worker.pid = reply.pid
         if reply.evaluation is None:
             out[key] = reply.error or "not evaluated"
         else:
@@ -974,7 +1033,13 @@ class DistributedSearch:
                 out[key] = f"fine evaluation raised {exc.cause or exc}"
             else:
                 self._fine_result(t, reply, out)
-        self.pool.died(worker)  # PoolError when it was the last: _run reports it
+        try:
+            self.pool.died(worker)
+        except PoolError as exc:  # it was the last: what is in hand (or the coarse best) stays
+            self._all_died = str(exc)
+            for t in again:
+                out[plan_identity(t.candidate.plan)] = f"not evaluated: {exc}"
+            return
         for t in again:
             if t.resent:  # its second worker died too: not a third
                 out[plan_identity(t.candidate.plan)] = (
@@ -1107,15 +1172,17 @@ class DistributedSearch:
         (its cache holds the solutions), else any worker, else in this process; in this
         process at once after workers stopped answering (``_stalled``)."""
         key = plan_identity(plan)
-        if self.pool is not None and self.pool.alive and not self._stalled():
+        if self.pool is not None and self.pool.alive and not self._stall_seen:
             alive = self.pool.alive
             index = self._fine_worker.get(key)
             ordered = sorted(alive, key=lambda w: w.index != index)
+            give_up_at = time.monotonic() + FIELDS_WAIT_S
             for worker in ordered:
+                left = give_up_at - time.monotonic()
+                if left <= 0:
+                    break
                 try:
-                    evaluated: EvaluatedPlan = ray.get(
-                        self.pool.fields(worker, plan), timeout=FIELDS_WAIT_S
-                    )
+                    evaluated: EvaluatedPlan = ray.get(self.pool.fields(worker, plan), timeout=left)
                     return evaluated
                 except (RayActorError, GetTimeoutError):
                     continue

@@ -153,6 +153,13 @@ class WorkerPool:
                 "see the Ray logs (/tmp/ray/session_latest/logs) for the cause, often memory"
             )
 
+    def retire(self, worker: Worker) -> None:
+        """Stop a worker that does not answer, with no replacement (a search past its time
+        limit has no use for one). Not counted as a death."""
+        with contextlib.suppress(Exception):  # already gone
+            ray.kill(worker.handle, no_restart=True)
+        worker.retired = True
+
     def shutdown(self) -> None:
         """Kill every actor now (running tasks included: Ray cannot interrupt a running
         actor task, and Numba code would not notice anyway)."""

@@ -11,7 +11,7 @@ from optuna.storages import JournalStorage, get_storage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from optimizer.search.write_through import WriteThroughStorage
+from optimizer.search.write_through import DurableWriteError, WriteThroughStorage
 
 DISTRIBUTIONS = {"x": FloatDistribution(0.0, 1.0), "n": IntDistribution(2, 6)}
 
@@ -116,3 +116,23 @@ def test_a_missing_study_is_a_key_error_as_with_any_storage(tmp_path):
     storage = WriteThroughStorage(_durable("journal", tmp_path))
     with pytest.raises(KeyError):
         optuna.load_study(study_name="nope", storage=storage)
+
+
+def test_a_failed_write_is_kept_for_a_retry_in_number_order(tmp_path):
+    path = tmp_path / "study.journal.log"
+    durable = JournalStorage(JournalFileBackend(str(path)))
+    study = _study(WriteThroughStorage(durable))
+    study.tell(study.ask(DISTRIBUTIONS), 0.5)
+    path.rename(tmp_path / "aside.log")
+    path.mkdir()  # every write now fails as on a lost volume
+    trial = study.ask(DISTRIBUTIONS)
+    with pytest.raises(DurableWriteError, match="trial 1 could not be written") as err:
+        study.tell(trial, 0.25)
+    assert not isinstance(err.value, RuntimeError)  # not taken for Optuna's "already finished"
+    with pytest.raises(DurableWriteError, match="trial 1"):  # tried again first, in order
+        study.tell(study.ask(DISTRIBUTIONS), 0.75)
+    path.rmdir()
+    (tmp_path / "aside.log").rename(path)
+    assert study._storage.flush() == 2
+    stored = _stored(JournalStorage(JournalFileBackend(str(path))))
+    assert [(t.number, t.value) for t in stored] == [(0, 0.5), (1, 0.25), (2, 0.75)]
