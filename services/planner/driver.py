@@ -156,6 +156,7 @@ class _Task:
     handle: ActorHandle  # the actor it went to: a replaced worker has a new one
     order: int  # submission order: an actor runs its tasks in this order
     bundle: ray.ObjectRef | None = None  # the pair solutions it solves, when actors share
+    sent_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -629,7 +630,7 @@ class DistributedSearch:
             for ref in done:
                 if ref in self.inflight:  # not already settled with a dead worker's others
                     self._receive(ref)
-        if self.trials is not None and self.asked >= self.trials:
+        if self.trials is not None and self.asked >= self.trials and not self._stall_seen:
             return "trials"
         return "time"
 
@@ -642,10 +643,18 @@ class DistributedSearch:
         for ref in done:
             if ref in self.inflight:
                 self._receive(ref)
-        if not self.inflight:
+        # Silent: a worker holding a plan sent a whole grace ago (not a replacement that was
+        # just handed the plans of a worker that died).
+        assert self.stall_grace_s is not None
+        now = time.monotonic()
+        silent = {
+            t.worker.index: t.worker
+            for t in self.inflight.values()
+            if now - t.sent_at >= self.stall_grace_s
+        }
+        if not silent:
             return
         self._stall_seen = True
-        silent = {t.worker.index: t.worker for t in self.inflight.values()}
         self._abandon(self._stall_message("not evaluated"), kill=False)
         for worker in silent.values():
             self.pool.retire(worker)
@@ -724,8 +733,9 @@ class DistributedSearch:
             target = worker if not worker.retired else self._least_loaded()
             ref_again, bundle = self._send(target, t.proposal.plan)
             self.inflight[ref_again] = dataclasses.replace(
-                t, worker=target, handle=target.handle, order=self.submissions, bundle=bundle
-            )
+                t, worker=target, handle=target.handle, order=self.submissions, bundle=bundle,
+                sent_at=time.monotonic(),
+            )  # fmt: skip
             self.submissions += 1
 
     def _least_loaded(self) -> Worker:
@@ -1113,8 +1123,12 @@ class DistributedSearch:
         for task in ordered:
             outcome = self.held.pop(task.proposal.number, None)
             # RuntimeError/ValueError: already finished in storage (interrupted mid-tell).
-            with contextlib.suppress(RuntimeError, ValueError):
-                self._tell(task, outcome or _Outcome(None, message))
+            try:
+                with contextlib.suppress(RuntimeError, ValueError):
+                    self._tell(task, outcome or _Outcome(None, message))
+            except DurableWriteError:
+                self._storage_failed = True  # not tried again by the search's last flush
+                raise
 
     def _cancel(self) -> SearchResult:
         if not self._prepared:
