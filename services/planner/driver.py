@@ -134,10 +134,10 @@ EVAL_SECONDS_ATTR = "evaluation_s"
 PIPELINE_DEPTH = 2
 # How long a dead actor's other results are waited for (they are known to Ray by then).
 DEAD_RESULT_WAIT_S = 5.0
-# Past the time limit, how long the driver still waits for a worker that does not answer (a
-# stopped process, a replacement the cluster cannot place) before it settles that worker's plans
-# as not evaluated: the larger of this and half the limit, so a slow but working fine
-# evaluation is still waited for.
+# Under a time limit, how long after a phase should have ended (exploration, fine
+# re-evaluation) the driver still waits for a worker that does not answer (a stopped process, a
+# replacement the cluster cannot place) before it stops that worker and tells its plans FAIL:
+# the larger of this and half the limit, so a slow but working evaluation is still waited for.
 STALL_GRACE_S = 30.0
 STALL_GRACE_SHARE = 0.5
 # How long the returned plan's fields are waited for from a worker (its cache holds the pair
@@ -635,9 +635,9 @@ class DistributedSearch:
         return "time"
 
     def _stop_waiting_for_silent_workers(self) -> None:
-        """Past the time limit and its grace: take every result that has arrived, then stop
-        the workers that still hold plans (told FAIL) so that the fine re-evaluation runs on
-        the others alone."""
+        """Past the end of exploration and its grace: take every result that has arrived, then
+        stop the workers that still hold a plan sent a grace ago (their plans told FAIL), so
+        that the fine re-evaluation runs on the others alone."""
         assert self.pool is not None
         done, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=0)
         for ref in done:
@@ -941,8 +941,9 @@ class DistributedSearch:
         self, picked: Sequence[Candidate]
     ) -> dict[str, PlanEvaluation | str] | None:
         """Fine evaluations of ``picked`` in parallel (candidate i on live worker i mod n);
-        None when cancelled. Waits for all, or once late for the first that evaluates. A worker
-        that dies loses the candidate it was evaluating (``_fine_worker_died``)."""
+        None when cancelled. Waits for all, or once late for the first that evaluates, and not
+        past the grace after the later of the time limit and their sending (``_stalled``). A
+        worker that dies loses the candidate it was evaluating (``_fine_worker_died``)."""
         assert self.pool is not None
         alive = self.pool.alive
         if not alive:  # every worker stopped answering, or died
