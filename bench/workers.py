@@ -368,35 +368,36 @@ def main() -> None:
     if not args.no_reference:
         configs.append((1, os.cpu_count() or 1, args.modes[0], "on"))
     measures: list[Measure] = []
+
+    def record(m: Measure, line: str) -> None:
+        measures.append(m)
+        print(line, flush=True)
+        if args.out is not None:
+            args.out.write_text(json.dumps([asdict(x) for x in measures], indent=1))
+
     for repeat in range(args.repeats):
         for workers, threads, mode, sharing in configs:
             m = measure(anatomy, args.protocol, workers=workers, threads=threads, mode=mode,
                         trials=args.trials, repeat=repeat, target=args.target,
                         sharing=sharing)  # fmt: skip
-            measures.append(m)
-            print(
+            record(
+                m,
                 f"repeat {repeat} {mode} {workers} worker(s) x {threads} thread(s), sharing "
                 f"{sharing}: "
                 f"{m.trials_per_s:.2f} trials/s, eval {m.mean_eval_ms:.1f} ms, driver "
                 f"{m.driver_cpu_ms_per_trial:.1f} ms/trial, {m.solves_per_trial:.2f} solves/trial",
-                flush=True,
             )
-            if args.out is not None:
-                args.out.write_text(json.dumps([asdict(x) for x in measures], indent=1))
         for searches in args.workers if args.independent else []:
             m = measure_independent(
                 anatomy, args.protocol, searches=searches, trials=args.trials, repeat=repeat,
                 target=args.target,
             )  # fmt: skip
-            measures.append(m)
-            print(
+            record(
+                m,
                 f"repeat {repeat} {searches} independent serial search(es): "
                 f"{m.trials_per_s:.2f} trials/s, eval {m.mean_eval_ms:.1f} ms, "
                 f"{m.workers_cpu_ms_per_trial:.1f} ms CPU/trial",
-                flush=True,
             )
-            if args.out is not None:
-                args.out.write_text(json.dumps([asdict(x) for x in measures], indent=1))
     print()
     print(f"{args.case}, {args.protocol}, {args.trials} trials, {os.cpu_count()} CPUs")
     print(table(measures))
