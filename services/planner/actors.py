@@ -21,8 +21,12 @@ import dataclasses
 import os
 import socket
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+import ray
+from optuna.trial import FrozenTrial
 
 from optimizer.anatomy.structures import Anatomy
 from optimizer.case import PreparedCase, prepare_case
@@ -36,10 +40,18 @@ from optimizer.evaluate.evaluator import (
 from optimizer.evaluate.plan import Plan, PlanError
 from optimizer.evaluate.protocol import Protocol
 from optimizer.field.errors import SolverError
+from optimizer.search.space import SearchSpace
 from optimizer.tissue.table import TissueTable
-from services.planner.unit_sharing import adopt, solved_bundle
+from services.planner.unit_sharing import SharedBundle, SharedUnits, adopt, solved_bundle
+
+if TYPE_CHECKING:
+    from services.planner.island import Island, IslandSettings, IslandTrial
 
 Fidelity = Literal["coarse", "fine"]
+# User attributes a search adds to each trial (besides the search library's).
+WORKER_ATTR = "worker"
+WORKER_PID_ATTR = "worker_pid"
+EVAL_SECONDS_ATTR = "evaluation_s"
 # Errors that condemn one plan, not the worker: told as a failed trial.
 PLAN_ERRORS = (PlanError, SolverError)
 
@@ -65,6 +77,13 @@ class CaseSpec:
             target_scope=self.target_scope,
         )  # fmt: skip
         return coarse, fine
+
+
+def search_space(coarse: PreparedCase, fine: PreparedCase, protocol: Protocol) -> SearchSpace:
+    """The search space of a search on these cases: needle paths clear of the organs on both
+    grids (the driver and island actors build the same one)."""
+    others = [] if coarse is fine else [coarse.obstacles]
+    return SearchSpace(fine, protocol, also_clear_on=others)
 
 
 @dataclass(frozen=True)
@@ -129,6 +148,8 @@ class EvaluatorWorker:
             cache_bytes=cache_bytes, metrics_detail="search",
         )  # fmt: skip
         self._fine: PlanEvaluator | None = None  # built on first use: most actors never need it
+        self._island: Island | None = None  # built on the first ``explore`` call
+        self._island_units = SharedUnits()  # the other islands' pair solutions
         ready = time.perf_counter()
         if warm_plan is not None:
             self._warm_up(warm_plan)
@@ -210,6 +231,45 @@ class EvaluatorWorker:
             done.solved_pairs, done.reused_pairs, adopted,
         )  # fmt: skip
         return reply, done.solved_units if evaluator is self.coarse else ()
+
+    def explore(
+        self,
+        settings: IslandSettings,
+        slot: int,
+        restarts: int,
+        count: int,
+        seeds: Sequence[dict[str, Any]],
+        incoming: Sequence[FrozenTrial],
+        bundles: Sequence[SharedBundle],
+        stop_at: float | None,
+    ) -> Iterator[IslandTrial | SharedBundle]:
+        """Island exploration (``services.planner.island``): add ``incoming`` (the other
+        islands' trials) to this actor's own study and index ``bundles`` (their pair
+        solutions), then ask, evaluate on the coarse grid and tell up to ``count`` trials,
+        yielding each as it is told, and last the bundle of the pairs solved in this call when
+        ``settings.share_units``. Call with ``num_returns="streaming"``."""
+        from services.planner.island import Island  # it imports this module
+
+        if self._island is None:
+            space = search_space(self.coarse_case, self.fine_case, self.protocol)
+            self._island = Island(space, settings, slot=slot, restarts=restarts)
+        self._island.absorb(incoming)
+        for b in bundles:
+            self._island_units.add(b.owner, b.ref, b.keys, b.nbytes)
+        solved: list[str] = []
+
+        def evaluate(plan: Plan) -> Reply:
+            shared = self._island_units.for_keys(plan.pair_geometry_hashes())
+            reply, keys = self._evaluate(plan, "coarse", shared)
+            solved.extend(keys)
+            return reply
+
+        yield from self._island.run(
+            evaluate, count, seeds=seeds, stop_at=stop_at, pid=os.getpid()
+        )  # fmt: skip
+        if settings.share_units and (bundle := solved_bundle(self.coarse, solved)):
+            nbytes = sum(c.nbytes for c in bundle.values())
+            yield SharedBundle((slot, restarts), ray.put(bundle), tuple(bundle), nbytes)
 
     def evaluate_with_fields(self, plan: Plan, fidelity: Fidelity = "fine") -> EvaluatedPlan:
         """The evaluation with every pair's field (tens of MB on the fine grid): only for the

@@ -23,6 +23,10 @@ Order of tells and what is reproducible:
 - ``reproducible=False``: asynchronous. A worker is kept at two queued proposals, and results
   are told as they arrive: no worker waits for a slow batch member, no reproducibility with
   more than one worker.
+- ``islands=True``: the actors ask and tell themselves, each with its own sampler on its own
+  copy of the history, and stream their trials to the driver, which stores them and hands
+  each actor the others' (``services.planner.island``, ``island_exploration``): the driver's
+  CPU per trial is ~40 % lower. Reproducible with one worker only.
 
 Why queue two plans per actor: the driver's ask and tell take a few ms per trial (the sampler,
 the in-memory study, the write-through to storage) and run on the driver's own core; with one
@@ -95,7 +99,6 @@ from optimizer.search.objective import ranking_key, score
 from optimizer.search.samplers import DEFAULT_MULTI_OBJECTIVE_SAMPLER, DEFAULT_SAMPLER, make_sampler
 from optimizer.search.seeding import geometric_seed_params, seed_params_from_plans
 from optimizer.search.settings import ScoreWeights, load_score_weights
-from optimizer.search.space import SearchSpace
 from optimizer.search.study import (
     Proposal,
     TrialRecord,
@@ -111,9 +114,17 @@ from optimizer.search.study import (
 from optimizer.search.study import candidates as trial_candidates
 from optimizer.search.write_through import DurableWriteError
 from optimizer.tissue.table import TissueTable
-from services.planner.actors import CaseSpec, Reply
+from services.planner.actors import (
+    EVAL_SECONDS_ATTR,
+    WORKER_ATTR,
+    WORKER_PID_ATTR,
+    CaseSpec,
+    Reply,
+    search_space,
+)
 from services.planner.affinity import PairAffinity, pair_keys
 from services.planner.cluster import ClusterInfo, connect
+from services.planner.island_exploration import IslandExploration
 from services.planner.pool import DEFAULT_MAX_RESTARTS, POLL_S, PoolError, Worker, WorkerPool
 from services.planner.progress import ClusterProgress, InFlight
 from services.planner.slow_start import slow_start_note
@@ -126,10 +137,6 @@ DEFAULT_COARSE_MM = 2.0
 DEFAULT_FINE_MM = 1.0
 # prepare_case's default margin around the target (mm).
 DEFAULT_MARGIN_MM = 30.0
-# User attributes the driver adds to each trial (besides the search library's).
-WORKER_ATTR = "worker"
-WORKER_PID_ATTR = "worker_pid"
-EVAL_SECONDS_ATTR = "evaluation_s"
 # Plans out per worker (one evaluating, one queued) and, reproducible, batches out at once.
 PIPELINE_DEPTH = 2
 # How long a dead actor's other results are waited for (they are known to Ray by then).
@@ -294,10 +301,16 @@ class DistributedSearch:
         library: str | Path | None = None,
         warm_start_cases: int = DEFAULT_WARM_START_CASES,
         share_units: bool | None = None,
+        islands: bool = False,
     ) -> None:
         check_budget(trials, time_limit_s, 1)
         if workers < 1:
             raise SearchError(f"workers must be >= 1 (got {workers})")
+        if islands and isinstance(sampler, BaseSampler):
+            raise SearchError(
+                "island exploration needs a sampler name (each worker makes its own sampler), "
+                f"not a {type(sampler).__name__} object"
+            )
         if not (coarse_mm > 0 and fine_mm > 0):
             raise SearchError(f"grid spacings must be > 0 mm (got {coarse_mm}, {fine_mm})")
         self.anatomy_input = anatomy
@@ -317,7 +330,9 @@ class DistributedSearch:
         self.library = library
         self.warm_start_cases = warm_start_cases
         self.spec = CaseSpec(coarse_mm, fine_mm, margin_mm, check_target_scope(target_scope))
-        self.reproducible = reproducible
+        self.islands = islands
+        # Islands tell in arrival order, so they are reproducible with one worker only.
+        self.reproducible = reproducible and not (islands and workers > 1)
         self.threads_per_worker = threads_per_worker
         self.backend = backend
         self.table = table
@@ -339,6 +354,14 @@ class DistributedSearch:
         )
         self._stall_seen = False  # a wait was cut short by the grace (not merely the clock)
         self._all_died: str | None = None  # every worker died in the fine re-evaluation
+        self.island: IslandExploration | None = None  # islands: while exploring
+
+    @property
+    def exploration(self) -> str:
+        """How exploration asks and tells: "islands", "batches" or "asynchronous"."""
+        if self.islands:
+            return "islands"
+        return "batches" if self.reproducible else "asynchronous"
 
     # ---- context -----------------------------------------------------------------------
 
@@ -366,8 +389,7 @@ class DistributedSearch:
         a = self.anatomy_input
         self.anatomy = a if isinstance(a, Anatomy) else load_anatomy(a)
         self.case_coarse, self.case_fine = self.spec.prepare(self.anatomy)
-        others = [] if self.case_coarse is self.case_fine else [self.case_coarse.obstacles]
-        self.space = SearchSpace(self.case_fine, self.protocol, also_clear_on=others)
+        self.space = search_space(self.case_coarse, self.case_fine, self.protocol)
         if isinstance(self.sampler_arg, BaseSampler):
             self.sampler, self.sampler_name = self.sampler_arg, type(self.sampler_arg).__name__
         else:
@@ -401,12 +423,14 @@ class DistributedSearch:
             extra, skipped = seed_params_from_plans(self.space, self.seed_plans)
             self.notes += skipped
             starts = [*extra, *(geometric_seed_params(self.space) if self.geometric_seeds else [])]
-            enqueue(self.study, starts)
+            if not self.islands:  # islands are dealt the starting plans with their calls
+                enqueue(self.study, starts)
         else:
             self.notes.append(
                 f"resumed study {self.study_name!r} with {self.resumed_trials} earlier trials"
                 + (f" in {mask_url(self.storage_url)}" if self.storage_url else "")
             )
+        self.starts = starts
         self.warm_plan = self.space.decode(starts[0], name="warm-up") if starts else None
         self._prepared = True
 
@@ -616,6 +640,9 @@ class DistributedSearch:
 
     def _explore(self) -> str:
         assert self.pool is not None
+        if self.islands:
+            self.island = IslandExploration(self, self.starts)
+            return self.island.run()
         while True:
             if self._cancelled():
                 return "cancelled"
@@ -830,7 +857,8 @@ class DistributedSearch:
                 in_flight=tuple(
                     InFlight(t.proposal.number, t.worker.index, t.worker.pid, "coarse")
                     for t in self.inflight.values()
-                ),
+                )
+                + (self.island.in_flight() if self.island is not None else ()),
             )
         )
 

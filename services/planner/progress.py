@@ -21,9 +21,10 @@ from optimizer.search.local import SearchProgress
 
 @dataclass(frozen=True)
 class InFlight:
-    """A trial being evaluated: on which worker (index, and its process id when known)."""
+    """A trial being evaluated: on which worker (index, and its process id when known).
+    ``trial`` is None for an island's trial (numbered in the study once it is told)."""
 
-    trial: int
+    trial: int | None
     worker: int
     pid: int | None
     fidelity: str

@@ -89,6 +89,17 @@ def adopt(
     return adopted
 
 
+@dataclass(frozen=True)
+class SharedBundle:
+    """A bundle an island put in the object store (``ray.put``: its actor owns it), with the
+    pair geometries it holds: handed by the driver to the other islands."""
+
+    owner: Hashable
+    ref: ray.ObjectRef
+    keys: tuple[str, ...]
+    nbytes: int
+
+
 @dataclass
 class _Entry:
     ref: ray.ObjectRef  # the bundle holding this pair's solution

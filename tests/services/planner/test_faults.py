@@ -237,13 +237,14 @@ def _run_in_thread(search: DistributedSearch, cancel: threading.Event, started: 
     return thread, box
 
 
+@pytest.mark.parametrize("islands", [False, True], ids=["driver", "islands"])
 def test_cancellation_stops_within_two_seconds_and_keeps_completed_trials(
-    ray_cluster, lesion, ect, tmp_path
+    ray_cluster, lesion, ect, tmp_path, islands
 ):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     cancel, going = threading.Event(), threading.Event()
     search = DistributedSearch(lesion, ect, trials=100_000, workers=2, storage_url=url,
-                               study_name="cancelled", **QUICK)  # fmt: skip
+                               study_name="cancelled", islands=islands, **QUICK)  # fmt: skip
     thread, box = _run_in_thread(search, cancel, going)
     assert going.wait(120), "no trial finished"
     cancel.set()

@@ -1,0 +1,293 @@
+"""Island exploration, the driver's side: streams of trials in, the others' trials out.
+
+Each live worker has up to ``PIPELINE_DEPTH`` calls out (``EvaluatorWorker.explore``: one
+running, one queued behind it), each of at most ``TRIALS_PER_CALL`` trials. As a call streams
+its trials, the driver adds each to the stored study (a new number there), keeps the best, and
+queues it for every other worker's next call. The starting plans (the library's and the
+geometric seeds) are dealt out to the calls in order, first come first served.
+
+Budget: the trial budget counts trials handed to calls; those a call did not run (its island
+stopped at the end of exploration, or its worker died) are handed back. A worker that dies
+loses the trial it was evaluating: a failed trial without parameters stands for it in the
+study (the island's own record of it died with the worker); the starting plans it had not
+begun go to the other calls; its replacement starts with the whole study so far. Under a time
+limit the stall grace applies as in the driver's modes; cancellation kills the workers (their
+running trials are simply not recorded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import ray
+from optuna.trial import FrozenTrial
+from ray.actor import ActorHandle
+from ray.exceptions import RayActorError, RayTaskError
+
+from optimizer.search.local import SearchError
+from optimizer.search.objective import ranking_key
+from optimizer.search.study import TrialRecord
+from services.planner.island import TRIALS_PER_CALL, IslandSettings, IslandTrial, lost_trial
+from services.planner.pool import POLL_S, Worker
+from services.planner.progress import InFlight
+from services.planner.unit_sharing import SharedBundle
+
+if TYPE_CHECKING:
+    from services.planner.driver import DistributedSearch
+
+# Calls out per worker: one running, one queued, so an actor never waits for the driver.
+PIPELINE_DEPTH = 2
+
+
+@dataclass
+class _Call:
+    worker: Worker
+    handle: ActorHandle  # the actor it went to: a replaced worker has a new one
+    count: int
+    seeds: list[dict[str, Any]]
+    received: int = 0
+    heard_at: float = field(default_factory=time.monotonic)  # sent, or its last trial
+
+
+class IslandExploration:
+    """The exploration phase of one ``DistributedSearch`` with ``islands=True``."""
+
+    def __init__(self, search: DistributedSearch, starts: Sequence[dict[str, Any]]) -> None:
+        assert search.pool is not None
+        self.search = search
+        self.pool = search.pool
+        self.settings = IslandSettings(
+            sampler=search.sampler_name,
+            seed=search.seed,
+            multi_objective=search.multi_objective,
+            weights=search.weights,
+            signature=search.space.signature(),
+            share_units=search.share_units,
+        )
+        self.seeds: deque[dict[str, Any]] = deque(starts)
+        self.streams: dict[Any, _Call] = {}
+        self.calls: dict[int, list[_Call]] = {w.index: [] for w in self.pool.workers}
+        # Per worker slot: finished trials its island has not been handed yet; a resumed
+        # study's trials go to every island first.
+        history = self._finished_trials()
+        self.handed_at_start = len(history)
+        self.outbox: dict[int, list[FrozenTrial]] = {
+            w.index: list(history) for w in self.pool.workers
+        }
+        # Per worker slot: the other islands' pair solutions not handed to it yet.
+        self.bundles: dict[int, list[SharedBundle]] = {w.index: [] for w in self.pool.workers}
+        self.bundles_handed = 0
+
+    def in_flight(self) -> tuple[InFlight, ...]:
+        """One trial per worker with a call out: the one its island is evaluating."""
+        return tuple(
+            InFlight(None, w.index, w.pid, "coarse") for w in self.pool.alive if self.calls[w.index]
+        )
+
+    def _finished_trials(self) -> list[FrozenTrial]:
+        trials = self.search.study.get_trials(deepcopy=False)
+        return [t for t in trials if t.state.is_finished()]
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Explore until the budget, the time or a cancel ends it: "trials", "time" or
+        "cancelled" (as ``DistributedSearch._explore``)."""
+        search = self.search
+        while True:
+            if search._cancelled():
+                self.streams.clear()
+                return "cancelled"
+            self._fill()
+            if not self.streams:
+                break
+            if search._stalled(since=search.explore_until):
+                self._stop_silent_workers()
+                if not self.streams:
+                    continue
+            ready, _ = ray.wait(list(self.streams), num_returns=1, timeout=POLL_S)
+            for stream in ready:
+                if stream in self.streams:  # not already settled with its dead worker
+                    self._take(stream)
+        if search.trials is not None and search.asked >= search.trials and not search._stall_seen:
+            return "trials"
+        return "time"
+
+    def _fill(self) -> None:
+        """Calls to every live worker up to ``PIPELINE_DEPTH``, one per worker in turn (a
+        small budget is spread over the workers)."""
+        search = self.search
+        sent = True
+        while sent:
+            sent = False
+            for worker in self.pool.alive:
+                if len(self.calls[worker.index]) < PIPELINE_DEPTH and search._may_ask():
+                    self._send(worker)
+                    sent = True
+
+    def _send(self, worker: Worker) -> None:
+        search = self.search
+        count = TRIALS_PER_CALL
+        if search.trials is not None:
+            count = min(count, search.trials - search.asked)
+        stop_at: float | None = None
+        if search.explore_until is not None:
+            left = search.explore_until - time.monotonic()
+            if left > 0:  # wall-clock time for the island: the actor may be on another host
+                stop_at = time.time() + left
+            else:  # the first plans go out however late the workers came up (_may_ask)
+                count = 1
+        seeds = [self.seeds.popleft() for _ in range(min(count, len(self.seeds)))]
+        incoming, self.outbox[worker.index] = self.outbox[worker.index], []
+        bundles, self.bundles[worker.index] = self.bundles[worker.index], []
+        self.bundles_handed += len(bundles)
+        method: Any = worker.handle.explore
+        stream = method.options(num_returns="streaming").remote(
+            self.settings, worker.index, worker.deaths, count, seeds, incoming, bundles, stop_at
+        )
+        call = _Call(worker, worker.handle, count, seeds)
+        self.streams[stream] = call
+        self.calls[worker.index].append(call)
+        search.asked += count
+
+    def _take(self, stream: Any) -> None:
+        call = self.streams[stream]
+        try:
+            ref = next(stream)
+        except StopIteration:
+            self._finished(stream, call)
+            return
+        try:
+            item: IslandTrial | SharedBundle = ray.get(ref)
+        except RayActorError:
+            self._died(call.worker)
+            return
+        except RayTaskError as exc:  # the island itself failed: every call would
+            cause = exc.cause if exc.cause is not None else exc
+            raise SearchError(f"worker {call.worker.index} could not explore: {cause}") from exc
+        call.heard_at = time.monotonic()
+        if isinstance(item, SharedBundle):
+            for other in self.pool.alive:
+                if other.index != call.worker.index:
+                    self.bundles[other.index].append(item)
+            return
+        call.received += 1
+        call.worker.pid = item.pid
+        self._record(item, call.worker)
+
+    def _finished(self, stream: Any, call: _Call) -> None:
+        """A call that ran out: the trials it did not run (its island reached the end of
+        exploration) go back to the budget."""
+        del self.streams[stream]
+        self.calls[call.worker.index].remove(call)
+        self.search.asked -= call.count - call.received
+
+    # ---- results -----------------------------------------------------------------------
+
+    def _record(self, item: IslandTrial, worker: Worker) -> None:
+        search = self.search
+        number = self._store(item.trial)
+        record = dataclasses.replace(item.record, number=number, seconds=search._seconds())
+        search.stats.pairs_solved += item.solved_pairs
+        search.stats.pairs_reused += item.reused_pairs
+        search.stats.pairs_adopted += item.adopted_pairs
+        if item.unexpected:
+            search.stats.unexpected_errors += 1
+            if search.stats.unexpected_errors == 1:
+                search.notes.append(f"trial {number}: {record.error}")
+        if record.error is not None:
+            search.stats.failed_trials += 1
+        elif item.evaluation is not None and (
+            search.best is None
+            or ranking_key(record.passed, record.score)
+            < ranking_key(search.best.passed, search.best.score)
+        ):
+            # Only an island's own best carries its evaluation, and the search's best is one.
+            search.best = record
+            search.best_evaluation = item.evaluation
+        for other in self.pool.alive:
+            if other.index != worker.index:
+                self.outbox[other.index].append(item.trial)
+        self._told(record)
+
+    def _store(self, trial: FrozenTrial) -> int:
+        """Add a finished trial to the stored study (written through); its number there."""
+        study = self.search.study
+        storage = study._storage
+        trial_id = storage.create_new_trial(study._study_id, template_trial=trial)
+        return storage.get_trial_number_from_id(trial_id)
+
+    def _told(self, record: TrialRecord) -> None:
+        search = self.search
+        search.stats.trials_told += 1
+        search.history.append(record)
+        search._report("explore", "")
+
+    def _lost(self, message: str, worker: Worker) -> None:
+        """The trial a worker was evaluating when it died or was stopped: failed, no params."""
+        number = self._store(lost_trial(message, worker.index, worker.pid))
+        seconds = self.search._seconds()
+        self.search.stats.failed_trials += 1
+        self._told(TrialRecord(number, None, float("inf"), False, 0, 0, (), seconds, message))
+
+    # ---- faults ------------------------------------------------------------------------
+
+    def _drop_calls(self, worker: Worker, message: str) -> None:
+        """Settle a dead or stopped worker's calls: the trial it was running is lost, the
+        trials not begun go back to the budget and its unbegun starting plans to the queue."""
+        calls = self.calls[worker.index]
+        self.calls[worker.index] = []
+        for stream in [s for s, c in self.streams.items() if c.worker is worker]:
+            del self.streams[stream]
+        if not calls:
+            return
+        running, queued = calls[0], calls[1:]
+        self._lost(message, worker)
+        unbegun = running.count - running.received - 1 + sum(c.count for c in queued)
+        self.search.asked -= max(0, unbegun)
+        back = [*running.seeds[running.received + 1 :], *(s for c in queued for s in c.seeds)]
+        self.seeds.extendleft(reversed(back))
+
+    def _died(self, worker: Worker) -> None:
+        search = self.search
+        search.stats.worker_deaths += 1
+        self._drop_calls(
+            worker,
+            f"not evaluated: worker {worker.index} (pid {worker.pid}) died during the "
+            "evaluation (RayActorError); its parameters died with it",
+        )
+        self.pool.died(worker)  # PoolError when it was the last: the search reports it
+        # The replacement's island starts empty: it is handed the whole study so far. The
+        # bundles the dead actor owned are gone with it: the others skip them (``adopt``).
+        self.outbox[worker.index] = self._finished_trials()
+        self.bundles[worker.index] = []
+
+    def _stop_silent_workers(self) -> None:
+        """Past the end of exploration and its grace: stop the workers whose running call has
+        not streamed a trial for a whole grace (a stopped process), with no replacement."""
+        search = self.search
+        assert search.stall_grace_s is not None
+        now = time.monotonic()
+        silent = [
+            w
+            for w in self.pool.alive
+            if self.calls[w.index] and now - self.calls[w.index][0].heard_at >= search.stall_grace_s
+        ]
+        if not silent:
+            return
+        search._stall_seen = True
+        message = search._stall_message("not evaluated")
+        for worker in silent:
+            self._drop_calls(worker, message)
+            self.pool.retire(worker)
+        search.notes.append(
+            search._stall_message(
+                f"worker(s) {', '.join(str(w.index) for w in silent)} stopped: the trial each "
+                "was evaluating was told FAIL"
+            )
+        )

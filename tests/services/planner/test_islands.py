@@ -1,0 +1,212 @@
+"""Island exploration on the lesion phantom with real Ray actors: each worker asks its own
+sampler, and the driver keeps the study, the budget and the faults."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from optimizer.search.local import SearchError, SearchProgress
+from optimizer.search.seeding import geometric_seed_params
+from optimizer.search.settings import load_score_weights
+from optimizer.search.study import ERROR_ATTR
+from services.planner.actors import CaseSpec, EvaluatorWorker, search_space
+from services.planner.driver import WORKER_ATTR, WORKER_PID_ATTR, DistributedSearch
+from services.planner.island import IslandError, IslandSettings, IslandTrial
+from services.planner.progress import ClusterProgress
+from services.planner.unit_sharing import SharedBundle
+from tests.services.planner.conftest import LESION_MARGIN_MM, QUICK
+
+
+def test_two_islands_share_one_study_and_find_a_passing_plan(ray_cluster, lesion, ect, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    seen: list[ClusterProgress] = []
+    with DistributedSearch(lesion, ect, trials=40, workers=2, seed=0, islands=True,
+                           storage_url=url, study_name="islands", **QUICK) as search:  # fmt: skip
+        result = search.run(on_progress=lambda p: seen.append(p))
+    assert result.passed, result.summary()
+    assert result.stopped_by == "trials" and result.trials_run == 40
+    assert result.refined and result.refined[0].evaluation is result.evaluation
+    stored = optuna.load_study(study_name="islands", storage=url)
+    assert [t.number for t in stored.trials] == list(range(40))
+    assert all(t.state == TrialState.COMPLETE and "score" in t.user_attrs for t in stored.trials)
+    assert {t.user_attrs[WORKER_ATTR] for t in stored.trials} == {0, 1}
+    assert len({t.user_attrs[WORKER_PID_ATTR] for t in stored.trials}) == 2
+    # Every starting plan was evaluated once, by one island or the other.
+    fixed = [t.system_attrs["fixed_params"] for t in stored.trials
+             if "fixed_params" in t.system_attrs]  # fmt: skip
+    assert search.starts and sorted(map(str, fixed)) == sorted(map(str, search.starts))
+    # Both workers were busy at once, the progress numbered trials as they were told.
+    assert max(len(p.in_flight) for p in seen) == 2
+    assert seen[-1].phase == "done" and seen[-1].trials_done == 40
+    assert not search.reproducible
+    # The islands handed each other the pair solutions they solved (whether a later plan
+    # needed one depends on timing: ``test_an_island_adopts_another_islands_solutions``).
+    assert search.share_units and search.island is not None and search.island.bundles_handed
+
+
+def test_a_worker_killed_mid_trial_loses_only_the_trial_it_was_evaluating(
+    ray_cluster, lesion, ect, tmp_path
+):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    killed: list[int] = []
+
+    def kill_once(p: SearchProgress) -> None:
+        assert isinstance(p, ClusterProgress)
+        if killed or p.trials_done < 4 or not any(t.worker == 1 for t in p.in_flight):
+            return
+        assert search.pool is not None and search.pool.workers[1].pid is not None
+        killed.append(search.pool.workers[1].pid)
+        os.kill(killed[0], signal.SIGKILL)
+
+    with DistributedSearch(lesion, ect, trials=24, workers=2, seed=0, islands=True,
+                           storage_url=url, study_name="killed", **QUICK) as search:  # fmt: skip
+        result = search.run(on_progress=kill_once)
+    assert killed and search.stats.worker_deaths == 1
+    # The trials the dead island had not begun went back to the budget: all 24 were run.
+    assert result.stopped_by == "trials" and result.trials_run == 24
+    assert any("worker death" in n for n in result.notes)
+    stored = optuna.load_study(study_name="killed", storage=url).trials
+    assert len(stored) == 24
+    failed = [t for t in stored if t.state == TrialState.FAIL]
+    assert len(failed) == 1  # the trial worker 1 was evaluating; its parameters died with it
+    (lost,) = failed
+    assert lost.user_attrs[WORKER_ATTR] == 1 and lost.params == {}
+    assert "worker 1" in lost.user_attrs[ERROR_ATTR] and "died" in lost.user_attrs[ERROR_ATTR]
+    assert all(t.state == TrialState.COMPLETE for t in stored if t is not lost)
+    # The replacement (another process) went on in slot 1.
+    later = [t for t in stored if t.number > lost.number and t.user_attrs[WORKER_ATTR] == 1]
+    assert later and all(t.user_attrs[WORKER_PID_ATTR] != killed[0] for t in later)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_island_reproduces_its_search_and_two_need_not(ray_cluster, lesion, ect, workers):
+    def run(seed: int) -> list[tuple[str, float]]:
+        with DistributedSearch(lesion, ect, trials=12, workers=workers, seed=seed, islands=True,
+                               refine_top_k=1, **QUICK) as search:  # fmt: skip
+            result = search.run()
+        trials = search.study.get_trials(deepcopy=False)
+        assert [r.number for r in result.history] == [t.number for t in trials]
+        return [(str(sorted(t.params.items())), t.value) for t in trials]
+
+    first = run(3)
+    if workers == 1:  # same seed, same trials; another seed explores other plans
+        assert run(3) == first
+        assert run(4) != first
+    else:  # the order of arrival decides; still every trial is a told, complete one
+        assert len(first) == 12 and all(v is not None for _, v in first)
+
+
+def test_islands_stop_at_the_time_limit_with_a_fine_plan(ray_cluster, lesion, ect):
+    started = time.monotonic()
+    with DistributedSearch(lesion, ect, trials=None, time_limit_s=8, workers=2, seed=0,
+                           islands=True, **QUICK) as search:  # fmt: skip
+        result = search.run()
+    took = time.monotonic() - started
+    assert result.stopped_by == "time" and result.trials_run > 4
+    assert result.refined and "(fine)" in result.summary()
+    assert took < 8 + 10  # the limit, and slack for a busy machine
+    # No call was left running: every trial handed out was run or handed back.
+    assert search.asked == result.trials_run
+
+
+def test_a_resumed_study_is_handed_to_every_island(ray_cluster, lesion, ect, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    options = {"workers": 2, "seed": 0, "islands": True, "storage_url": url,
+               "study_name": "resumed", "refine_top_k": 1, **QUICK}  # fmt: skip
+    with DistributedSearch(lesion, ect, trials=8, **options) as first:
+        first.run()
+    with DistributedSearch(lesion, ect, trials=6, **options) as second:
+        result = second.run()
+    assert any("resumed study 'resumed' with 8 earlier trials" in n for n in result.notes)
+    assert result.trials_run == 6 and result.trials_in_study == 14
+    assert second.island is not None and second.island.handed_at_start == 8
+
+
+def test_a_named_sampler_is_needed_and_islands_tell_in_arrival_order(lesion, ect):
+    with pytest.raises(SearchError, match="island exploration needs a sampler name"):
+        DistributedSearch(lesion, ect, trials=5, islands=True,
+                          sampler=optuna.samplers.RandomSampler())  # fmt: skip
+    one = DistributedSearch(lesion, ect, trials=5, workers=1, islands=True)
+    two = DistributedSearch(lesion, ect, trials=5, workers=2, islands=True)
+    assert one.reproducible and not two.reproducible
+
+
+def test_an_island_adopts_another_islands_solutions_and_learns_their_trials(
+    ray_cluster, lesion, ect
+):
+    spec = CaseSpec(2.0, 2.0, LESION_MARGIN_MM)
+    first, second = (EvaluatorWorker(lesion, ect, spec) for _ in range(2))
+    space = search_space(first.coarse_case, first.fine_case, ect)
+    settings = IslandSettings("niche-ga", 0, False, load_score_weights(), space.signature(),
+                              share_units=True)  # fmt: skip
+    seeds = geometric_seed_params(space)[:2]
+    out = list(first.explore(settings, 0, 0, 2, seeds, (), (), None))
+    trials = [x for x in out if isinstance(x, IslandTrial)]
+    (bundle,) = [x for x in out if isinstance(x, SharedBundle)]  # last, after the trials
+    assert out[-1] is bundle and [t.trial.system_attrs["fixed_params"] for t in trials] == seeds
+    assert bundle.owner == (0, 0) and bundle.nbytes > 0
+    assert set(bundle.keys) == {k for t in trials for k in space.decode(t.trial.params)
+                                .pair_geometry_hashes()}  # fmt: skip
+    # The other island, handed that bundle, evaluates the first seed from its solutions.
+    (again, *rest) = second.explore(settings, 1, 0, 1, seeds[:1], (), [bundle], None)
+    assert isinstance(again, IslandTrial) and again.solved_pairs == 0
+    assert again.adopted_pairs == again.reused_pairs > 0
+    assert again.record.score == trials[0].record.score
+    assert not rest  # nothing solved: no bundle
+    # Handed the first island's trials, its sampler sees them with its own.
+    list(second.explore(settings, 1, 0, 0, (), [t.trial for t in trials], (), None))
+    assert second._island is not None and len(second._island.study.trials) == 3
+
+
+def test_an_island_refuses_another_search_space(lesion, ect):
+    worker = EvaluatorWorker(lesion, ect, CaseSpec(2.0, 2.0, LESION_MARGIN_MM))
+    settings = IslandSettings("random", 0, False, load_score_weights(), "another search")
+    with pytest.raises(IslandError, match="worker 3 built another search space"):
+        next(worker.explore(settings, 3, 0, 1, (), (), (), None))
+
+
+def test_an_island_that_stops_answering_is_stopped_after_the_grace(ray_cluster, lesion, ect):
+    stopped: list[int] = []
+
+    def stop_island_1(p: SearchProgress) -> None:
+        # SIGSTOP: the process lives on and Ray never learns it died; its stream goes silent.
+        assert isinstance(p, ClusterProgress)
+        busy = any(t.worker == 1 for t in p.in_flight)
+        if p.phase == "explore" and p.trials_done >= 2 and busy and not stopped:
+            assert search.pool is not None and search.pool.workers[1].pid is not None
+            stopped.append(search.pool.workers[1].pid)
+            os.kill(stopped[0], signal.SIGSTOP)
+
+    watchdog = threading.Event()  # a broken stall path would wait for ever: fail instead
+    timer = threading.Timer(120, watchdog.set)
+    search = DistributedSearch(lesion, ect, trials=None, time_limit_s=20, workers=2, seed=0,
+                               islands=True, **QUICK)  # fmt: skip
+    search.stall_grace_s = 2.0
+    timer.start()
+    try:
+        started = time.monotonic()
+        result = search.run(on_progress=stop_island_1, cancel_event=watchdog)
+        took = time.monotonic() - started
+        assert search.pool is not None and search.pool.workers[1].retired
+    finally:
+        timer.cancel()
+        for pid in stopped:  # abandoned: killed outright
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        search.close()
+    assert stopped and not watchdog.is_set()
+    assert took < 20 + 2 + 20  # the limit, the grace, slack for a busy machine
+    assert result.stopped_by == "time" and result.refined  # island 0 went on, then refined
+    assert any("worker(s) 1 stopped: the trial each was evaluating was told FAIL" in n
+               for n in result.notes)  # fmt: skip
+    failed = [t for t in search.study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs[WORKER_ATTR] == 1
+    assert "no answer within 2 s" in failed[0].user_attrs[ERROR_ATTR]
