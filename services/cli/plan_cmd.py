@@ -67,6 +67,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--asynchronous", action="store_true",
                    help="tell results as they arrive (faster with uneven trials; not "
                    "reproducible with several workers)")  # fmt: skip
+    p.add_argument("--islands", action="store_true",
+                   help="each worker runs its own sampler on the shared trial history (the "
+                   "most trials per second with several workers; not reproducible with "
+                   "several workers)")  # fmt: skip
     p.set_defaults(handler=run)
 
 
@@ -97,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, seed=args.seed, multi_objective=args.multi_objective,
         sampler=args.sampler, storage_url=storage, study_name=args.study_name,
         ray_address=args.ray_address, coarse_mm=max(2.0, args.grid_mm), fine_mm=args.grid_mm,
-        reproducible=not args.asynchronous, table=table, target_scope=args.target,
-        library=args.library,
+        reproducible=not args.asynchronous, islands=args.islands, table=table,
+        target_scope=args.target, library=args.library,
     )  # fmt: skip
     try:
         with console.status("loading the anatomy and building the search space"):

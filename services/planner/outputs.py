@@ -77,6 +77,7 @@ def search_document(result: SearchResult, search: DistributedSearch) -> dict[str
         "seed": result.seed,
         "multi_objective": search.multi_objective,
         "reproducible_order": search.reproducible,
+        "exploration": search.exploration,
         "storage": mask_url(url) if url else "in memory (not kept)",
         "study_name": result.study_name,
         "dashboard": dashboard_command(url) if url else None,

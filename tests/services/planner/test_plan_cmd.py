@@ -118,7 +118,7 @@ def test_plan_on_a_running_cluster_with_the_default_fine_grid(ray_cluster, lesio
     assert search["workers"]["ray_address"] == ray_cluster.address
     assert search["workers"]["local_ray"] is False  # connected to, not started
     assert (search["study_name"], search["sampler"], search["seed"]) == ("named-study", "tpe", 3)
-    assert search["reproducible_order"] is False
+    assert search["reproducible_order"] is False and search["exploration"] == "asynchronous"
     assert search["trials"]["run"] == 8
     # The returned plan's evaluation is the fine one written out.
     plan = Plan.load(out / "plan.json")
@@ -272,3 +272,15 @@ def test_plan_on_a_real_case(ray_cluster, real_case_dir, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["case"] == "prostatex-0000" and metrics["organs_modelled"] is True
     assert np.isfinite(json.loads((out / "search.json").read_text())["best"]["score"])
+
+
+def test_plan_with_islands_records_how_it_explored(ray_cluster, lesion_npz, tmp_path):
+    out = tmp_path / "out"
+    code = main(["plan", "--anatomy", str(lesion_npz), "--protocol", "ect", "--out", str(out),
+                 "--trials", "8", "--workers", "2", "--grid-mm", "2", "--islands"])  # fmt: skip
+    assert code == 0
+    search = json.loads((out / "search.json").read_text())
+    assert search["exploration"] == "islands" and search["reproducible_order"] is False
+    assert search["trials"]["run"] == 8 and search["trials"]["in_study"] == 8
+    assert search["best"]["confirmed_on_fine_grid"] is True
+    assert Plan.load(out / "plan.json").pairs
