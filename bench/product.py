@@ -3,7 +3,7 @@
     python bench/product.py [--cases prostatex-0000 picai-10032 picai-10043]
                             [--protocols ect irect] [--seeds 5] [--first-seed 0]
                             [--time-limit 45 | --trials 300] [--workers 2] [--target-s 60]
-                            [--out product.json] [--keep DIR]
+                            [--islands] [--out product.json] [--keep DIR]
 
 Each run is what a planner types, in a subprocess: ``ectplan plan --anatomy CASE --protocol P
 --workers W --seed S`` with the time limit or trial budget, into a fresh output folder (a new
@@ -58,7 +58,8 @@ class Run:
 
 
 def plan_command(anatomy: Path, protocol: str, seed: int, out: Path, *, workers: int,
-                 time_limit_s: float | None, trials: int | None) -> list[str]:  # fmt: skip
+                 time_limit_s: float | None, trials: int | None,
+                 islands: bool = False) -> list[str]:  # fmt: skip
     command = [sys.executable, "-m", "services.cli.main", "plan", "--anatomy", str(anatomy),
                "--protocol", protocol, "--workers", str(workers), "--seed", str(seed),
                "--out", str(out)]  # fmt: skip
@@ -66,6 +67,8 @@ def plan_command(anatomy: Path, protocol: str, seed: int, out: Path, *, workers:
         command += ["--time-limit", f"{time_limit_s:g}"]
     if trials is not None:
         command += ["--trials", str(trials)]
+    if islands:
+        command.append("--islands")
     return command
 
 
@@ -127,6 +130,7 @@ def main() -> None:
                         help=f"ectplan plan --time-limit (default {DEFAULT_TIME_LIMIT_S:g})")
     budget.add_argument("--trials", type=int, default=None, help="ectplan plan --trials")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--islands", action="store_true", help="ectplan plan --islands")
     parser.add_argument("--target-s", type=float, default=DEFAULT_TARGET_S)
     parser.add_argument("--out", type=Path, default=None, help="write every run as JSON")
     parser.add_argument("--keep", type=Path, default=None,
@@ -148,7 +152,7 @@ def main() -> None:
                     out = base / f"{case}-{protocol}-{seed}"
                     command = plan_command(
                         root / case, protocol, seed, out, workers=args.workers,
-                        time_limit_s=time_limit, trials=args.trials,
+                        time_limit_s=time_limit, trials=args.trials, islands=args.islands,
                     )  # fmt: skip
                     started = time.monotonic()
                     done = subprocess.run(command, capture_output=True, text=True, check=False)

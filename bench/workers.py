@@ -1,7 +1,7 @@
 """Search throughput with 1 and 2 workers, in the same run: trials per second and the ratio.
 
     python bench/workers.py [--case prostatex-0000] [--protocol ect] [--trials 300]
-                            [--workers 1 2] [--repeats 2] [--modes reproducible async]
+                            [--workers 1 2] [--repeats 2] [--modes reproducible async islands]
                             [--sharing on off] [--target auto] [--independent]
                             [--out workers.json]
 
@@ -104,7 +104,8 @@ def measure(
         search = DistributedSearch(
             anatomy, protocol, trials=trials, workers=workers, seed=repeat,
             storage_url=default_storage_url(tmp), threads_per_worker=threads,
-            reproducible=mode == "reproducible", refine_top_k=1, fine_mm=2.0,
+            reproducible=mode == "reproducible", islands=mode == "islands", refine_top_k=1,
+            fine_mm=2.0,
             target_scope=target, share_units=None if sharing == "on" else False,
         )  # fmt: skip
         with search:
@@ -343,7 +344,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="Numba threads per worker")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--modes", nargs="+", default=["reproducible", "async"],
-                        choices=["reproducible", "async"])  # fmt: skip
+                        choices=["reproducible", "async", "islands"])  # fmt: skip
     parser.add_argument("--target", default="auto", choices=["auto", "lesion", "gland"])
     parser.add_argument("--sharing", nargs="+", default=["on"], choices=["on", "off"],
                         help="with 2+ workers: actors share pair solutions (on, the default "

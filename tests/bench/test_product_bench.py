@@ -21,7 +21,10 @@ def test_the_command_is_one_ectplan_plan_accepts(tmp_path: Path) -> None:
     args = build_parser().parse_args(
         plan_command(tmp_path, "ect", 0, tmp_path, workers=1, time_limit_s=None, trials=300)[3:]
     )
-    assert (args.time_limit, args.trials) == (None, 300)
+    assert (args.time_limit, args.trials, args.islands) == (None, 300, False)
+    islands = plan_command(tmp_path, "ect", 0, tmp_path, workers=2, time_limit_s=45.0,
+                           trials=None, islands=True)  # fmt: skip
+    assert build_parser().parse_args(islands[3:]).islands
 
 
 def test_a_run_without_its_record_says_what_the_command_said(tmp_path: Path) -> None:
