@@ -27,7 +27,9 @@ def slab_chords(grid: VoxelGrid, needle: Needle) -> dict[tuple[int, int, int], f
         for ax in range(3):
             low, high = v[ax] - 0.5, v[ax] + 0.5
             if delta[ax] == 0:
-                if not low <= a[ax] <= high:
+                # A line lying in a voxel face belongs to the voxel above it, as an index
+                # x belongs to voxel floor(x + 0.5): counted once, not in both.
+                if not low <= a[ax] < high:
                     t0, t1 = 1.0, 0.0
                 continue
             u0, u1 = sorted(((low - a[ax]) / delta[ax], (high - a[ax]) / delta[ax]))
@@ -68,6 +70,19 @@ def test_needle_along_k_on_oblique_grid_is_a_straight_column() -> None:
     np.testing.assert_allclose(lengths[[0, -1]], [0.4 * 2.5, 0.1 * 2.5], atol=1e-9)
     # Radius 0.25 mm: no other voxel centre (0.6 mm away or more) is that close.
     assert vox.on_axis.all()
+
+
+def test_a_needle_lying_in_a_voxel_face_is_counted_once() -> None:
+    # Found by the property test below: a needle along k at j = 2.5, on the face between
+    # voxel columns j = 2 and j = 3, once counted in both by the reference.
+    grid = VoxelGrid((24, 24, 24), np.eye(4))
+    needle = Needle(np.array([2.0, 2.5, 3.0]), np.array([0.0, 0.0, 1.0]), 1.0, diameter_mm=0.8)
+    vox = voxelise(needle, grid)
+    axis = vox.indices[vox.on_axis]
+    np.testing.assert_array_equal(axis, [[2, 3, 2], [2, 3, 3]])
+    np.testing.assert_allclose(vox.axis_length_mm[vox.on_axis], [0.5, 0.5])
+    assert slab_chords(grid, needle) == pytest.approx({(2, 3, 2): 0.5, (2, 3, 3): 0.5})
+    assert vox.exposed_length_inside_mm == pytest.approx(1.0)
 
 
 @st.composite
