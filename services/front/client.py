@@ -147,6 +147,7 @@ class FrontClient:
         seed_plans: Sequence[Plan] = (),
         target_scope: str = "",
         warm_start_library: str = "",
+        exploration: str = "",
     ) -> planning_service_pb2.SubmitPlanJobResponse:
         request = planning_service_pb2.SubmitPlanJobRequest(
             anatomy_id=anatomy_id,
@@ -159,6 +160,7 @@ class FrontClient:
                 sampler=sampler,
                 target_scope=target_scope,
                 warm_start_library=warm_start_library,
+                exploration=exploration,
             ),
             idempotency_key=idempotency_key,
             seed_plans=[plan_to_proto(p) for p in seed_plans],

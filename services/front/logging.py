@@ -19,7 +19,7 @@ ALLOWED_FIELDS = frozenset({
     "job_id", "anatomy_id", "client_id", "method", "code", "state", "kind", "phase", "trials",
     "trials_done", "seconds", "attempt", "workers", "queue_length", "error_type", "error",
     "address", "port", "tls", "mtls", "auth", "database", "bytes", "reused", "solved_pairs",
-    "reused_pairs", "stopped_by", "runner", "count",
+    "reused_pairs", "stopped_by", "runner", "count", "exploration",
 })  # fmt: skip
 
 

@@ -339,6 +339,7 @@ class JobQueue:
             attempt=attempt,
             runner=self.runner.name,
             anatomy_id=record.anatomy_id,
+            exploration=record.request.options.exploration or "batches",
         )
         try:
             search_job = self._search_job(record, running, storage_url, job_dir)
@@ -435,6 +436,7 @@ class JobQueue:
                 if request.options.warm_start_library
                 else None
             ),
+            exploration=request.options.exploration or "batches",
         )
 
     # ---- events -----------------------------------------------------------------------------

@@ -48,6 +48,11 @@ DEFAULT_FINE_SPACING_MM = 1.0
 PLANNING_MARGIN_MM = 30.0
 
 
+# SearchOptions.exploration: DistributedSearch's orders of ask and tell (the planner driver's
+# docstring), by the names its search.json uses.
+EXPLORATIONS = ("batches", "asynchronous", "islands")
+
+
 @dataclass(frozen=True)
 class SearchJob:
     """One job's search, as a runner needs it."""
@@ -70,6 +75,8 @@ class SearchJob:
     refine_top_k: int = DEFAULT_TOP_K
     target_scope: str = "auto"
     warm_start_library: Path | None = None
+    # How the Ray driver's workers explore (EXPLORATIONS); the local runner has one loop.
+    exploration: str = "batches"
 
 
 @dataclass(frozen=True)
@@ -277,6 +284,8 @@ class RaySearchRunner:
             refine_top_k=job.refine_top_k,
             target_scope=job.target_scope,
             library=job.warm_start_library,
+            reproducible=job.exploration == "batches",
+            islands=job.exploration == "islands",
         ) as search:
             best_seen: list[int] = []
 

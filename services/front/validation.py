@@ -13,6 +13,7 @@ from optimizer.search.samplers import SAMPLERS
 from services.front.convert import plan_from_proto
 from services.front.errors import FrontError, Violation, invalid_many
 from services.front.gen.ectplan.v1 import plan_pb2, planning_service_pb2
+from services.front.searches import EXPLORATIONS
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 MAX_TRIALS = 100_000
@@ -108,6 +109,14 @@ def validate_submit(request: planning_service_pb2.SubmitPlanJobRequest) -> Valid
                 "options.target_scope",
                 f"unknown target scope {o.target_scope[:40]!r}; use one of "
                 f"{', '.join(TARGET_SCOPES)}",
+            )
+        )
+    if o.exploration and o.exploration not in EXPLORATIONS:
+        bad.append(
+            Violation(
+                "options.exploration",
+                f"unknown exploration {o.exploration[:40]!r}; use one of "
+                f"{', '.join(EXPLORATIONS)} (empty: batches)",
             )
         )
     lib = o.warm_start_library

@@ -214,3 +214,14 @@ def test_a_job_that_cannot_be_planned_fails_with_the_reason(client: FrontClient)
     assert "gland" in events[-1].message
     failed = client.get(job.job_id)
     assert failed.state == job_pb2.JOB_STATE_FAILED and "gland" in failed.error
+
+
+def test_a_job_explores_with_islands_when_asked(client: FrontClient, phantom_id: str):
+    job = client.submit(phantom_id, protocol="ect", trials=6, grid_spacing_mm=GRID_MM, seed=1,
+                        workers=2, exploration="islands").job  # fmt: skip
+    assert job.options.exploration == "islands"
+    events = list(client.watch(job.job_id, timeout_s=300))
+    assert events[-1].kind == job_pb2.JOB_EVENT_KIND_SUCCEEDED, events[-1].message
+    done = client.get(job.job_id)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED and done.result.plan_json
+    assert done.result.trials_run == 6

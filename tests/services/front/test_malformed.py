@@ -366,6 +366,12 @@ CASES = [
         "options.target_scope",
     ),
     Case(
+        "unknown exploration",
+        submit(options__exploration="swarm"),
+        S.INVALID_ARGUMENT,
+        "options.exploration",
+    ),
+    Case(
         "library name that is a path",
         submit(options__warm_start_library="../../etc"),
         S.INVALID_ARGUMENT,

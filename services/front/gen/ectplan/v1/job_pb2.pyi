@@ -117,6 +117,7 @@ class SearchOptions(_message.Message):
     SAMPLER_FIELD_NUMBER: _builtins.int
     TARGET_SCOPE_FIELD_NUMBER: _builtins.int
     WARM_START_LIBRARY_FIELD_NUMBER: _builtins.int
+    EXPLORATION_FIELD_NUMBER: _builtins.int
     workers: _builtins.int
     """Parallel evaluators (Ray workers); 0: the server's default."""
     multi_objective: _builtins.bool
@@ -133,6 +134,12 @@ class SearchOptions(_message.Message):
     """A plan library the server knows (by name, under its libraries folder) whose most similar
     cases' plans start the search; empty: none.
     """
+    exploration: _builtins.str
+    """How the workers explore: "batches" (the study driver asks one plan per worker and tells
+    in ask order: reproducible), "asynchronous" (tells as results arrive) or "islands" (each
+    worker runs its own sampler on the shared history: the least work for the server per
+    trial); empty: batches. Not reproducible with several workers unless batches.
+    """
     def __init__(
         self,
         *,
@@ -142,10 +149,11 @@ class SearchOptions(_message.Message):
         sampler: _builtins.str = ...,
         target_scope: _builtins.str = ...,
         warm_start_library: _builtins.str = ...,
+        exploration: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grid_spacing_mm", b"grid_spacing_mm", "multi_objective", b"multi_objective", "sampler", b"sampler", "target_scope", b"target_scope", "warm_start_library", b"warm_start_library", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exploration", b"exploration", "grid_spacing_mm", b"grid_spacing_mm", "multi_objective", b"multi_objective", "sampler", b"sampler", "target_scope", b"target_scope", "warm_start_library", b"warm_start_library", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
