@@ -210,3 +210,27 @@ def test_an_island_that_stops_answering_is_stopped_after_the_grace(ray_cluster, 
     failed = [t for t in search.study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].user_attrs[WORKER_ATTR] == 1
     assert "no answer within 2 s" in failed[0].user_attrs[ERROR_ATTR]
+
+
+def test_the_last_island_dying_is_a_clear_error_that_keeps_the_told_trials(
+    ray_cluster, lesion, ect, tmp_path
+):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    killed: list[int] = []
+
+    def kill_after_three(p: SearchProgress) -> None:
+        if p.trials_done >= 3 and not killed and search.pool is not None:
+            pid = search.pool.workers[0].pid
+            assert pid is not None
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    search = DistributedSearch(lesion, ect, trials=200, workers=1, seed=0, islands=True,
+                               max_restarts=0, storage_url=url, study_name="last",
+                               **QUICK)  # fmt: skip
+    with search, pytest.raises(SearchError, match="all 1 workers died"):
+        search.run(on_progress=kill_after_three)
+    stored = optuna.load_study(study_name="last", storage=url).trials
+    complete = [t for t in stored if t.state == TrialState.COMPLETE]
+    assert killed and len(complete) >= 3
+    assert [t.state for t in stored].count(TrialState.FAIL) == 1  # the one it was evaluating
