@@ -16,7 +16,9 @@ tell, storage, Ray), which together say where the time goes. On Linux the machin
 per trial is read from /proc as well: all processes, the workers alone, and the share of the
 machine left idle (a worker waiting for its next plan), and the needle-pair solves per trial.
 ``--sharing on off`` runs 2+ workers with and without sharing pair solutions between actors
-(services.planner.unit_sharing; on is ``ectplan plan``'s default).
+(services.planner.unit_sharing; on is ``ectplan plan``'s default). ``--modes``: the driver's
+orders of ask and tell, ``reproducible`` (batches, the default of ``ectplan plan``), ``async``
+(``--asynchronous``) and ``islands`` (``--islands``: each actor asks its own sampler).
 Also run: 1 worker with every core as Numba threads (the default of ``ectplan plan --workers
 1``), for reference.
 ``--independent`` adds, for each worker count N, N serial searches side by side, each in its own
