@@ -339,7 +339,10 @@ class JobQueue:
             attempt=attempt,
             runner=self.runner.name,
             anatomy_id=record.anatomy_id,
-            exploration=record.request.options.exploration or "batches",
+            # The in-process runner has one loop: no exploration order to log.
+            exploration=(record.request.options.exploration or "batches")
+            if self.runner.name == "ray"
+            else None,
         )
         try:
             search_job = self._search_job(record, running, storage_url, job_dir)

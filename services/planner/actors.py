@@ -21,7 +21,7 @@ import dataclasses
 import os
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -242,18 +242,23 @@ class EvaluatorWorker:
         incoming: Sequence[FrozenTrial],
         bundles: Sequence[SharedBundle],
         stop_at: float | None,
+        dead_owners: Sequence[Hashable] = (),
     ) -> Iterator[IslandTrial | SharedBundle]:
         """Island exploration (``services.planner.island``): add ``incoming`` (the other
         islands' trials) to this actor's own study and index ``bundles`` (their pair
-        solutions), then ask, evaluate on the coarse grid and tell up to ``count`` trials,
-        yielding each as it is told, and last the bundle of the pairs solved in this call when
-        ``settings.share_units``. Call with ``num_returns="streaming"``."""
+        solutions; those of ``dead_owners``, islands that died, are dropped), then ask, evaluate
+        on the coarse grid and tell up to ``count`` trials, yielding each as it is told, and
+        last the bundle of the pairs solved in this call when ``settings.share_units``. Call
+        with ``num_returns="streaming"``."""
         from services.planner.island import Island  # it imports this module
 
         if self._island is None:
             space = search_space(self.coarse_case, self.fine_case, self.protocol)
             self._island = Island(space, settings, slot=slot, restarts=restarts)
+            self._island_units = SharedUnits(max_bytes=settings.shared_bytes)
         self._island.absorb(incoming)
+        for owner in dead_owners:
+            self._island_units.forget_owner(owner)
         for b in bundles:
             self._island_units.add(b.owner, b.ref, b.keys, b.nbytes)
         solved: list[str] = []

@@ -38,6 +38,7 @@ from optimizer.search.study import (
     tell_error,
 )
 from services.planner.actors import EVAL_SECONDS_ATTR, WORKER_ATTR, WORKER_PID_ATTR, Reply
+from services.planner.unit_sharing import DEFAULT_SHARED_BYTES
 
 # Trials per call: the others' trials reach an island with its next call, so a call is short
 # (a few evaluations); the streamed trials make a death cost one trial whatever the length.
@@ -61,6 +62,7 @@ class IslandSettings:
     weights: ScoreWeights
     signature: str  # the driver's search space: an island must build the same one
     share_units: bool = False  # islands hand each other the pair solutions they solve
+    shared_bytes: int = DEFAULT_SHARED_BYTES  # each island's share of the search's budget
 
 
 @dataclass(frozen=True)
@@ -125,11 +127,13 @@ class Island:
         pid: int,
     ) -> Iterator[IslandTrial]:
         """Up to ``count`` trials, the ``seeds`` first; none started at or after ``stop_at``
-        (wall-clock time: the driver's clock, on a cluster's synchronised hosts)."""
-        enqueue(self.study, seeds)
-        for _ in range(count):
+        (wall-clock time: the driver's clock, on a cluster's synchronised hosts). A seed is
+        enqueued just before its trial, so the seeds of trials not run stay the driver's."""
+        for i in range(count):
             if stop_at is not None and time.time() >= stop_at:
                 return
+            if i < len(seeds):
+                enqueue(self.study, seeds[i : i + 1])
             yield self._one(evaluate, pid)
 
     def _one(self, evaluate: Callable[[Plan], Reply], pid: int) -> IslandTrial:

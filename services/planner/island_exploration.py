@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,7 @@ from optimizer.search.study import TrialRecord
 from services.planner.island import TRIALS_PER_CALL, IslandSettings, IslandTrial, lost_trial
 from services.planner.pool import POLL_S, Worker
 from services.planner.progress import InFlight
-from services.planner.unit_sharing import SharedBundle
+from services.planner.unit_sharing import DEFAULT_SHARED_BYTES, SharedBundle
 
 if TYPE_CHECKING:
     from services.planner.driver import DistributedSearch
@@ -68,6 +68,7 @@ class IslandExploration:
             weights=search.weights,
             signature=search.space.signature(),
             share_units=search.share_units,
+            shared_bytes=DEFAULT_SHARED_BYTES // max(1, search.workers),
         )
         self.seeds: deque[dict[str, Any]] = deque(starts)
         self.streams: dict[Any, _Call] = {}
@@ -82,6 +83,14 @@ class IslandExploration:
         # Per worker slot: the other islands' pair solutions not handed to it yet.
         self.bundles: dict[int, list[SharedBundle]] = {w.index: [] for w in self.pool.workers}
         self.bundles_handed = 0
+        # Per worker slot: islands that died since its last call (their bundles are gone).
+        self.dead_owners: dict[int, list[tuple[int, int]]] = {
+            w.index: [] for w in self.pool.workers
+        }
+        # Per worker slot: trials its island sent, and how many trials its study held when it
+        # asked its latest one (its own and the others'): what it learned from the others.
+        self.told_by: Counter[int] = Counter()
+        self.history_seen: dict[int, int] = {}
 
     def in_flight(self) -> tuple[InFlight, ...]:
         """One trial per worker with a call out: the one its island is evaluating."""
@@ -114,14 +123,23 @@ class IslandExploration:
             for stream in ready:
                 if stream in self.streams:  # not already settled with its dead worker
                     self._take(stream)
+        self.outbox.clear()  # no reference outlives the exploration
+        self.bundles.clear()
         if search.trials is not None and search.asked >= search.trials and not search._stall_seen:
             return "trials"
         return "time"
 
     def _fill(self) -> None:
         """Calls to every live worker up to ``PIPELINE_DEPTH``, one per worker in turn (a
-        small budget is spread over the workers)."""
+        small budget is spread over the workers). Workers that came up after the end of
+        exploration get one trial each, as in the driver's modes."""
         search = self.search
+        late = search.explore_until is not None and time.monotonic() >= search.explore_until
+        if late and search.asked == 0:
+            for worker in self.pool.alive:
+                if search.trials is None or search.asked < search.trials:
+                    self._send(worker)
+            return
         sent = True
         while sent:
             sent = False
@@ -140,16 +158,18 @@ class IslandExploration:
             left = search.explore_until - time.monotonic()
             if left > 0:  # wall-clock time for the island: the actor may be on another host
                 stop_at = time.time() + left
-            else:  # the first plans go out however late the workers came up (_may_ask)
+            else:  # the first plans go out however late the workers came up (_fill)
                 count = 1
         seeds = [self.seeds.popleft() for _ in range(min(count, len(self.seeds)))]
         incoming, self.outbox[worker.index] = self.outbox[worker.index], []
         bundles, self.bundles[worker.index] = self.bundles[worker.index], []
+        dead, self.dead_owners[worker.index] = self.dead_owners[worker.index], []
         self.bundles_handed += len(bundles)
         method: Any = worker.handle.explore
         stream = method.options(num_returns="streaming").remote(
-            self.settings, worker.index, worker.deaths, count, seeds, incoming, bundles, stop_at
-        )
+            self.settings, worker.index, worker.deaths, count, seeds, incoming, bundles, stop_at,
+            dead,
+        )  # fmt: skip
         call = _Call(worker, worker.handle, count, seeds)
         self.streams[stream] = call
         self.calls[worker.index].append(call)
@@ -182,10 +202,15 @@ class IslandExploration:
 
     def _finished(self, stream: Any, call: _Call) -> None:
         """A call that ran out: the trials it did not run (its island reached the end of
-        exploration) go back to the budget."""
+        exploration) go back to the budget, their starting plans to the queue. The call
+        queued behind it starts now."""
         del self.streams[stream]
-        self.calls[call.worker.index].remove(call)
+        calls = self.calls[call.worker.index]
+        calls.remove(call)
+        if calls:
+            calls[0].heard_at = time.monotonic()
         self.search.asked -= call.count - call.received
+        self.seeds.extendleft(reversed(call.seeds[call.received :]))
 
     # ---- results -----------------------------------------------------------------------
 
@@ -213,6 +238,8 @@ class IslandExploration:
         for other in self.pool.alive:
             if other.index != worker.index:
                 self.outbox[other.index].append(item.trial)
+        self.told_by[worker.index] += 1
+        self.history_seen[worker.index] = item.trial.number  # the trials before it there
         self._told(record)
 
     def _store(self, trial: FrozenTrial) -> int:
@@ -247,31 +274,45 @@ class IslandExploration:
         if not calls:
             return
         running, queued = calls[0], calls[1:]
-        self._lost(message, worker)
-        unbegun = running.count - running.received - 1 + sum(c.count for c in queued)
-        self.search.asked -= max(0, unbegun)
-        back = [*running.seeds[running.received + 1 :], *(s for c in queued for s in c.seeds)]
+        # Every trial of the running call arrived: it died after them (sharing its solutions).
+        lost = 1 if running.received < running.count else 0
+        if lost:
+            self._lost(message, worker)
+        self.search.asked -= running.count - running.received - lost
+        self.search.asked -= sum(c.count for c in queued)
+        back = [*running.seeds[running.received + lost :], *(s for c in queued for s in c.seeds)]
         self.seeds.extendleft(reversed(back))
 
     def _died(self, worker: Worker) -> None:
         search = self.search
         search.stats.worker_deaths += 1
+        owner = (worker.index, worker.deaths)
+        for index, pending in self.bundles.items():  # its bundles died with it
+            self.bundles[index] = [b for b in pending if b.owner != owner]
+            if index != worker.index:
+                self.dead_owners[index].append(owner)
         self._drop_calls(
             worker,
             f"not evaluated: worker {worker.index} (pid {worker.pid}) died during the "
             "evaluation (RayActorError); its parameters died with it",
         )
         self.pool.died(worker)  # PoolError when it was the last: the search reports it
-        # The replacement's island starts empty: it is handed the whole study so far. The
-        # bundles the dead actor owned are gone with it: the others skip them (``adopt``).
+        # The replacement's island starts empty: it is handed the whole study so far (and the
+        # live islands' bundles still pending for the slot).
         self.outbox[worker.index] = self._finished_trials()
-        self.bundles[worker.index] = []
 
     def _stop_silent_workers(self) -> None:
         """Past the end of exploration and its grace: stop the workers whose running call has
         not streamed a trial for a whole grace (a stopped process), with no replacement."""
         search = self.search
         assert search.stall_grace_s is not None
+        while self.streams:  # first what has arrived: a worker that just answered is not silent
+            ready, _ = ray.wait(list(self.streams), num_returns=len(self.streams), timeout=0)
+            if not ready:
+                break
+            for stream in ready:
+                if stream in self.streams:
+                    self._take(stream)
         now = time.monotonic()
         silent = [
             w

@@ -138,7 +138,8 @@ class SearchOptions(_message.Message):
     """How the workers explore: "batches" (the study driver asks one plan per worker and tells
     in ask order: reproducible), "asynchronous" (tells as results arrive) or "islands" (each
     worker runs its own sampler on the shared history: the least work for the server per
-    trial); empty: batches. Not reproducible with several workers unless batches.
+    trial); empty: batches. Not reproducible with several workers unless batches. A server
+    running searches in-process (no Ray) has one loop and ignores it.
     """
     def __init__(
         self,
