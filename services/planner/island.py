@@ -62,7 +62,10 @@ class IslandSettings:
     weights: ScoreWeights
     signature: str  # the driver's search space: an island must build the same one
     share_units: bool = False  # islands hand each other the pair solutions they solve
-    shared_bytes: int = DEFAULT_SHARED_BYTES  # each island's share of the search's budget
+    # The other islands' solutions an island keeps referenced (pinned in the object store).
+    # Each keeps the driver modes' whole budget: islands use mostly the same recent bundles,
+    # so what they pin overlaps (a bound of workers x this, not measured beyond two).
+    shared_bytes: int = DEFAULT_SHARED_BYTES
 
 
 @dataclass(frozen=True)

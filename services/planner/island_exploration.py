@@ -35,7 +35,7 @@ from optimizer.search.study import TrialRecord
 from services.planner.island import TRIALS_PER_CALL, IslandSettings, IslandTrial, lost_trial
 from services.planner.pool import POLL_S, Worker
 from services.planner.progress import InFlight
-from services.planner.unit_sharing import DEFAULT_SHARED_BYTES, SharedBundle
+from services.planner.unit_sharing import SharedBundle
 
 if TYPE_CHECKING:
     from services.planner.driver import DistributedSearch
@@ -68,7 +68,6 @@ class IslandExploration:
             weights=search.weights,
             signature=search.space.signature(),
             share_units=search.share_units,
-            shared_bytes=DEFAULT_SHARED_BYTES // max(1, search.workers),
         )
         self.seeds: deque[dict[str, Any]] = deque(starts)
         self.streams: dict[Any, _Call] = {}
