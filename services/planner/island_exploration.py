@@ -134,7 +134,7 @@ class IslandExploration:
         exploration get one trial each, as in the driver's modes."""
         search = self.search
         late = search.explore_until is not None and time.monotonic() >= search.explore_until
-        if late and search.asked == 0:
+        if late and search.asked == 0 and not search._late():
             for worker in self.pool.alive:
                 if search.trials is None or search.asked < search.trials:
                     self._send(worker)
