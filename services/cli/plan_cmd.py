@@ -64,10 +64,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_target_argument(p)
     p.add_argument("--library", help="a plan library (ectplan batch): the plans of its most "
                    "similar cases start the search (warm start)")  # fmt: skip
-    p.add_argument("--asynchronous", action="store_true",
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--asynchronous", action="store_true",
                    help="tell results as they arrive (faster with uneven trials; not "
                    "reproducible with several workers)")  # fmt: skip
-    p.add_argument("--islands", action="store_true",
+    order.add_argument("--islands", action="store_true",
                    help="each worker runs its own sampler on the shared trial history (the "
                    "most trials per second with several workers; not reproducible with "
                    "several workers)")  # fmt: skip

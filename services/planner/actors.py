@@ -8,6 +8,9 @@ evaluators in a long-lived actor keeps their pair-solution caches across trials,
 what makes a search that revisits needle pairs cheap. With several actors, each also shares
 the coarse unit solutions it solves and adopts those the driver hands it with a plan
 (``services.planner.unit_sharing``), so a pair is solved once per search, not once per actor.
+With island exploration (``explore``, ``services.planner.island``) an actor instead runs its
+own ask/evaluate/tell loop, streams its trials, puts the pairs it solved in the object store
+itself and keeps its own index of the other islands' solutions.
 
 Start-up runs one coarse evaluation of a warm-up plan (the first seed: trial 0 then hits the
 cache) and one nonlinear pair on the coarse grid, so Numba's compiles (or cache loads) happen

@@ -1,11 +1,13 @@
 """The distributed plan search: Optuna ask/tell in the driver, evaluations on Ray actors.
 
 The driver owns the study (sampler, storage, tells); the actors (services.planner.actors) only
-evaluate plans. Exploration runs on the coarse grid, then the best ``refine_top_k`` distinct
-plans are re-evaluated on the fine grid with sigma(E) in parallel on the actors (further rounds
-of as many while none passes and there is time), and the best fine evaluation is the result
-(``optimizer.search.fidelity``: the same choice as the local ``run_search``). Each worker has
-at most ``PIPELINE_DEPTH`` trials out: one evaluating, one queued.
+evaluate plans, except with ``islands=True`` (below), where each actor asks and tells on its own
+copy and the driver stores what they tell. Exploration runs on the coarse grid, then the best
+``refine_top_k`` distinct plans are re-evaluated on the fine grid with sigma(E) in parallel on
+the actors (further rounds of as many while none passes and there is time), and the best fine
+evaluation is the result (``optimizer.search.fidelity``: the same choice as the local
+``run_search``). Each worker has at most ``PIPELINE_DEPTH`` trials out: one evaluating, one
+queued (islands: that many calls of a few trials each).
 
 Order of tells and what is reproducible:
 - ``reproducible=True`` (default): pipelined batches. The driver asks one proposal per live
@@ -26,7 +28,10 @@ Order of tells and what is reproducible:
 - ``islands=True``: the actors ask and tell themselves, each with its own sampler on its own
   copy of the history, and stream their trials to the driver, which stores them and hands
   each actor the others' (``services.planner.island``, ``island_exploration``): the driver's
-  CPU per trial is ~40 % lower. Reproducible with one worker only.
+  CPU per trial is ~40 % lower. Reproducible with one worker only. Faults, stops and
+  cancellation differ as ``island_exploration`` says: a dead worker's lost trial is stored
+  as a failed trial without parameters, trials not begun go back to the budget, and a
+  cancel records nothing for the trials running.
 
 Why queue two plans per actor: the driver's ask and tell take a few ms per trial (the sampler,
 the in-memory study, the write-through to storage) and run on the driver's own core; with one
@@ -1110,7 +1115,7 @@ class DistributedSearch:
         exploring = self.stats.worker_deaths - self.stats.fine_worker_deaths
         if exploring:
             notes.append(
-                f"{exploring} worker death(s): each lost its trial in flight "
+                f"{exploring} worker death(s): each lost at most the trial it was evaluating "
                 "(told FAIL); the pool replaced the workers"
             )
         if self.stats.fine_worker_deaths:

@@ -4,12 +4,12 @@ In the driver's other modes the driver asks Optuna for every plan and tells ever
 ask and tell (the sampler, the study, the write to storage: ~3 ms per trial with the Ray call)
 run on one core beside the actors, which caps two workers at ~1.6x one on a 2-core machine
 (docs/operations.md, Scaling). With islands each actor keeps an in-memory study of its own: it
-asks its own sampler (seeded per slot), evaluates on its coarse evaluator and tells, and
-streams each finished trial to the driver as it is told (a Ray streaming generator), so a
-worker that dies loses only the trial it was evaluating. The driver adds the trials to the
-stored study and hands each actor the others' trials with its next call, so every sampler
-learns from the whole search, one call late. Not reproducible with more than one worker: what
-an island has learned when it asks depends on the arrival order.
+asks its own sampler (seeded per slot), evaluates on its coarse evaluator and tells, and streams
+each finished trial to the driver as it is told (a Ray streaming generator), so a worker that
+dies loses only the trial it was evaluating. The driver adds the trials to the stored study and
+hands each actor the others' trials with its next call, so every sampler learns from the whole
+search, one or two calls late (a call is queued behind the running one). Not reproducible with
+more than one worker: what an island has learned when it asks depends on the arrival order.
 """
 
 from __future__ import annotations

@@ -222,6 +222,14 @@ def test_a_bad_budget_is_refused_by_its_flag(lesion_npz, tmp_path, capsys, flag,
     assert not (tmp_path / "out").exists()
 
 
+def test_two_exploration_orders_at_once_are_refused(lesion_npz, tmp_path, capsys):
+    code = main(["plan", "--anatomy", str(lesion_npz), "--protocol", "ect",
+                 "--out", str(tmp_path / "out"), "--asynchronous", "--islands"])  # fmt: skip
+    assert code == 2
+    assert "argument --islands: not allowed with argument --asynchronous" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_output_folder_that_cannot_be_made_is_a_clear_error(lesion_npz, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("where the output folder should go")
