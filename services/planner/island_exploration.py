@@ -272,14 +272,17 @@ class IslandExploration:
             del self.streams[stream]
         if not calls:
             return
-        running, queued = calls[0], calls[1:]
-        # Every trial of the running call arrived: it died after them (sharing its solutions).
-        lost = 1 if running.received < running.count else 0
-        if lost:
+        # The call it was running: the first with trials still to come (a call whose trials
+        # all arrived may still be sharing its solutions, or the next has begun). None: it
+        # died after its last trial, with nothing queued.
+        running = next((i for i, c in enumerate(calls) if c.received < c.count), None)
+        back: list[dict[str, Any]] = []
+        if running is not None:
             self._lost(message, worker)
-        self.search.asked -= running.count - running.received - lost
-        self.search.asked -= sum(c.count for c in queued)
-        back = [*running.seeds[running.received + lost :], *(s for c in queued for s in c.seeds)]
+            for i, call in enumerate(calls[running:], start=running):
+                begun = call.received + (1 if i == running else 0)  # the lost one counts
+                self.search.asked -= call.count - begun
+                back += call.seeds[begun:]
         self.seeds.extendleft(reversed(back))
 
     def _died(self, worker: Worker) -> None:
