@@ -47,6 +47,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from services.front.errors import FrontError, invalid, not_found
 from services.front.gen.ectplan.v1 import job_pb2, planning_service_pb2
+from services.front.searches import DEFAULT_EXPLORATION
 
 TERMINAL_STATES = frozenset(
     {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
@@ -204,8 +205,16 @@ class JobUpdate:
 
 
 def request_fingerprint(request: planning_service_pb2.SubmitPlanJobRequest) -> str:
-    """What makes two submissions the same (deterministic serialization of the request)."""
-    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+    """What makes two submissions the same (deterministic serialization of the request, with
+    the default exploration spelled out, left empty or options absent counted as one: they
+    run the same search)."""
+    canonical = planning_service_pb2.SubmitPlanJobRequest()
+    canonical.CopyFrom(request)
+    if canonical.options.exploration == DEFAULT_EXPLORATION:
+        canonical.options.exploration = ""
+    if not canonical.options.ListFields():
+        canonical.ClearField("options")
+    return hashlib.sha256(canonical.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _page_token(created_at: float, job_id: str, filters: str) -> str:

@@ -34,6 +34,7 @@ from services.front.jobs import JobRecord, JobStore, JobUpdate
 from services.front.logging import log_event
 from services.front.metrics import FrontMetrics
 from services.front.searches import (
+    DEFAULT_EXPLORATION,
     DEFAULT_FINE_SPACING_MM,
     Improvement,
     JobRunner,
@@ -340,7 +341,7 @@ class JobQueue:
             runner=self.runner.name,
             anatomy_id=record.anatomy_id,
             # The in-process runner has one loop: no exploration order to log.
-            exploration=(record.request.options.exploration or "batches")
+            exploration=(record.request.options.exploration or DEFAULT_EXPLORATION)
             if self.runner.name == "ray"
             else None,
         )
@@ -439,7 +440,7 @@ class JobQueue:
                 if request.options.warm_start_library
                 else None
             ),
-            exploration=request.options.exploration or "batches",
+            exploration=request.options.exploration or DEFAULT_EXPLORATION,
         )
 
     # ---- events -----------------------------------------------------------------------------

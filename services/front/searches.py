@@ -51,6 +51,7 @@ PLANNING_MARGIN_MM = 30.0
 # SearchOptions.exploration: DistributedSearch's orders of ask and tell (the planner driver's
 # docstring), by the names its search.json uses.
 EXPLORATIONS = ("batches", "asynchronous", "islands")
+DEFAULT_EXPLORATION = EXPLORATIONS[0]  # also what an empty value means
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class SearchJob:
     target_scope: str = "auto"
     warm_start_library: Path | None = None
     # How the Ray driver's workers explore (EXPLORATIONS); the local runner has one loop.
-    exploration: str = "batches"
+    exploration: str = DEFAULT_EXPLORATION
 
 
 @dataclass(frozen=True)
@@ -284,7 +285,7 @@ class RaySearchRunner:
             refine_top_k=job.refine_top_k,
             target_scope=job.target_scope,
             library=job.warm_start_library,
-            reproducible=job.exploration == "batches",
+            reproducible=job.exploration == DEFAULT_EXPLORATION,
             islands=job.exploration == "islands",
         ) as search:
             best_seen: list[int] = []

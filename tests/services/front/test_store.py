@@ -10,7 +10,7 @@ import pytest
 from services.front.client import FrontClient
 from services.front.errors import FrontError
 from services.front.gen.ectplan.v1 import job_pb2, plan_pb2, planning_service_pb2
-from services.front.jobs import JobStore, JobUpdate
+from services.front.jobs import JobStore, JobUpdate, request_fingerprint
 from services.front.server import BackgroundServer
 from tests.services.front.conftest import GRID_MM, make_config
 
@@ -50,6 +50,28 @@ def close_jobs(store: JobStore, job_ids: list[str]) -> None:
                 job_pb2.JobEvent(kind=job_pb2.JOB_EVENT_KIND_CANCELLED),
                 JobUpdate(state=job_pb2.JOB_STATE_CANCELLED, finished=True),
             )
+
+
+def test_default_exploration_spelled_out_is_the_same_submission(store: JobStore):
+    # A retry that names the default exploration runs the same search as one that left it
+    # empty: it must find the first job, not be refused as a different request.
+    client = "c-" + uuid.uuid4().hex[:8]
+    implicit = submit_request("b" * 64, "k-default")
+    explicit = submit_request("b" * 64, "k-default")
+    explicit.options.exploration = "batches"
+    assert request_fingerprint(implicit) == request_fingerprint(explicit)
+    assert explicit.options.exploration == "batches"  # the caller's request is left alone
+    other = submit_request("b" * 64, "k-default")
+    other.options.exploration = "islands"
+    assert request_fingerprint(other) != request_fingerprint(implicit)
+    first, _ = store.create(
+        client_id=client, request=implicit, protocol="ect", first_event=queued()
+    )
+    again, dedup = store.create(
+        client_id=client, request=explicit, protocol="ect", first_event=queued()
+    )
+    assert dedup and again.job_id == first.job_id
+    close_jobs(store, [first.job_id])
 
 
 def test_jobs_events_and_idempotency(store: JobStore):
