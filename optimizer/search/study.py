@@ -208,6 +208,24 @@ def tell(
     )
 
 
+def record_of(trial: FrozenTrial, seconds: float) -> TrialRecord:
+    """What ``tell`` or ``tell_error`` returned for a stored trial (another process told it)."""
+    attrs = trial.user_attrs
+    if "score" not in attrs:
+        message = str(attrs.get(ERROR_ATTR, f"trial ended {trial.state.name}"))
+        return TrialRecord(trial.number, None, math.inf, False, 0, 0, (), seconds, message)
+    return TrialRecord(
+        trial.number,
+        None if trial.values is None else tuple(trial.values),
+        float(attrs["score"]),
+        bool(attrs["passed"]),
+        int(attrs["criteria_met"]),
+        int(attrs["criteria_applicable"]),
+        tuple(attrs["failed_required"]),
+        seconds,
+    )
+
+
 def tell_error(
     study: optuna.Study, proposal: Proposal, message: str, *, seconds: float
 ) -> TrialRecord:

@@ -53,6 +53,7 @@ class WriteThroughStorage(BaseStorage):
         self._written: dict[int, int] = {}  # memory study id -> trials written so far
         self._finished: dict[int, dict[int, FrozenTrial]] = {}  # waiting for earlier ones
         self._trial_study: dict[int, int] = {}  # memory trial id -> memory study id
+        self._durable_seen: dict[int, int] = {}  # memory study id -> durable trials reflected
 
     # ---- studies -------------------------------------------------------------------------
 
@@ -67,6 +68,7 @@ class WriteThroughStorage(BaseStorage):
         self._durable_study[memory_id] = durable_id
         self._written[memory_id] = 0
         self._finished[memory_id] = {}
+        self._durable_seen[memory_id] = 0
         return memory_id
 
     def _load(self, study_name: str) -> int:
@@ -87,6 +89,7 @@ class WriteThroughStorage(BaseStorage):
         # Unfinished stored trials (a crashed run of an older version) are left out: the
         # memory numbers then run on from the finished ones, written next in that order.
         self._written[memory_id] = len(finished)
+        self._durable_seen[memory_id] = len(stored)
         return memory_id
 
     def delete_study(self, study_id: int) -> None:
@@ -196,6 +199,44 @@ class WriteThroughStorage(BaseStorage):
                 f"trial {trial.number} could not be written ({type(exc).__name__}: {exc})"
             ) from exc
         self._written[study_id] += 1
+        self._durable_seen[study_id] += 1
+
+    # ---- others writing the durable study (island exploration) -----------------------------
+
+    def write_durable(self, study_id: int, trial: FrozenTrial) -> int:
+        """Append a finished trial to the durable study only, while others append to it too
+        (``adopt_durable`` brings it into memory with theirs); its durable number."""
+        durable_id = self._durable_study[study_id]
+        try:
+            trial_id = self.durable.create_new_trial(durable_id, template_trial=trial)
+        except DURABLE_ERRORS as exc:
+            raise DurableWriteError(
+                f"a trial could not be written ({type(exc).__name__}: {exc})"
+            ) from exc
+        return self.durable.get_trial_number_from_id(trial_id)
+
+    def durable_trials(self, study_id: int) -> list[FrozenTrial]:
+        """The durable study's trials as stored now (not copied: do not modify)."""
+        return self.durable.get_all_trials(self._durable_study[study_id], deepcopy=False)
+
+    def adopt_durable(self, study_id: int) -> int:
+        """Bring into memory the finished trials others appended to the durable study since
+        this storage last wrote or read it (they are not written again); returns the count.
+        Call only while no trial of this study waits in memory to be written."""
+        if self._finished[study_id]:
+            raise RuntimeError("finished trials wait to be written; flush() first")
+        try:
+            stored = self.durable_trials(study_id)
+        except DURABLE_ERRORS as exc:
+            raise DurableWriteError(
+                f"the stored trials could not be read ({type(exc).__name__}: {exc})"
+            ) from exc
+        new = [t for t in stored[self._durable_seen[study_id] :] if t.state.is_finished()]
+        for trial in new:
+            self._trial_study[self.memory.create_new_trial(study_id, trial)] = study_id
+        self._written[study_id] += len(new)
+        self._durable_seen[study_id] = len(stored)
+        return len(new)
 
     def flush(self) -> int:
         """Write every finished trial still waiting for an earlier one; returns the count."""

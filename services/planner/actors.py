@@ -48,7 +48,7 @@ from optimizer.tissue.table import TissueTable
 from services.planner.unit_sharing import SharedBundle, SharedUnits, adopt, solved_bundle
 
 if TYPE_CHECKING:
-    from services.planner.island import Island, IslandSettings, IslandTrial
+    from services.planner.island import Island, IslandSettings, IslandTrial, StopAt
 
 Fidelity = Literal["coarse", "fine"]
 # User attributes a search adds to each trial (besides the search library's).
@@ -244,15 +244,17 @@ class EvaluatorWorker:
         seeds: Sequence[dict[str, Any]],
         incoming: Sequence[FrozenTrial],
         bundles: Sequence[SharedBundle],
-        stop_at: float | None,
+        stop_at: StopAt | None,
         dead_owners: Sequence[Hashable] = (),
-    ) -> Iterator[IslandTrial | SharedBundle]:
+    ) -> Iterator[IslandTrial | list[IslandTrial] | SharedBundle]:
         """Island exploration (``services.planner.island``): add ``incoming`` (the other
         islands' trials) to this actor's own study and index ``bundles`` (their pair
         solutions; those of ``dead_owners``, islands that died, are dropped), then ask, evaluate
-        on the coarse grid and tell up to ``count`` trials, yielding each as it is told, and
-        last the bundle of the pairs solved in this call when ``settings.share_units``. Call
-        with ``num_returns="streaming"``."""
+        on the coarse grid and tell up to ``count`` trials, yielding each as it is told (with
+        ``settings.journal``: reading the others' trials from the journal and appending each
+        told one there, and yielding them all in one list at the end), and last the bundle of
+        the pairs solved in this call when ``settings.share_units``. Call with
+        ``num_returns="streaming"``."""
         from services.planner.island import Island  # it imports this module
 
         if self._island is None:
@@ -272,9 +274,13 @@ class EvaluatorWorker:
             solved.extend(keys)
             return reply
 
-        yield from self._island.run(
-            evaluate, count, seeds=seeds, stop_at=stop_at, pid=os.getpid()
-        )  # fmt: skip
+        told = self._island.run(evaluate, count, seeds=seeds, stop_at=stop_at, pid=os.getpid())
+        if settings.journal is None:
+            yield from told  # each as it is told: a death then loses only the running trial
+        elif trials := list(told):
+            # Each is in the journal as soon as told: one item per call spares the Ray
+            # round per trial, and a death still loses only the running trial.
+            yield trials
         if settings.share_units and (bundle := solved_bundle(self.coarse, solved)):
             nbytes = sum(c.nbytes for c in bundle.values())
             yield SharedBundle((slot, restarts), ray.put(bundle), tuple(bundle), nbytes)

@@ -4,12 +4,20 @@ In the driver's other modes the driver asks Optuna for every plan and tells ever
 ask and tell (the sampler, the study, the write to storage: ~3 ms per trial with the Ray call)
 run on one core beside the actors, which caps two workers at ~1.6x one on a 2-core machine
 (docs/operations.md, Scaling). With islands each actor keeps an in-memory study of its own: it
-asks its own sampler (seeded per slot), evaluates on its coarse evaluator and tells, and streams
-each finished trial to the driver as it is told (a Ray streaming generator), so a worker that
-dies loses only the trial it was evaluating. The driver adds the trials to the stored study and
-hands each actor the others' trials with its next call, so every sampler learns from the whole
-search, one or two calls late (a call is queued behind the running one). Not reproducible with
-more than one worker: what an island has learned when it asks depends on the arrival order.
+asks its own sampler (seeded per slot), evaluates on its coarse evaluator and tells. How the
+islands share their trials depends on the storage:
+
+- The study's journal file on a one-host cluster (the embedded default of ``ectplan plan``):
+  each island appends each trial to the journal as it is told and reads the others' trials
+  there before it asks (``services.planner.island_journal``); a call sends the driver its trials
+  in one item at its end. The driver stores nothing per trial.
+- Otherwise (a database, workers on other hosts): each island streams each finished trial to the
+  driver as it is told (a Ray streaming generator); the driver adds it to the stored study and
+  hands the others' trials to each actor with its next call, one or two calls late (a call is
+  queued behind the running one).
+
+Either way a worker that dies loses only the trial it was evaluating. Not reproducible with more
+than one worker: what an island has learned when it asks depends on the arrival order.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from optimizer.search.study import (
     tell_error,
 )
 from services.planner.actors import EVAL_SECONDS_ATTR, WORKER_ATTR, WORKER_PID_ATTR, Reply
+from services.planner.island_journal import JournalLink, SharedJournal
 from services.planner.unit_sharing import DEFAULT_SHARED_BYTES
 
 # Trials per call: the others' trials reach an island with its next call, so a call is short
@@ -66,15 +75,19 @@ class IslandSettings:
     # Each keeps the driver modes' whole budget: islands use mostly the same recent bundles,
     # so what they pin overlaps (a bound of workers x this, not measured beyond two).
     shared_bytes: int = DEFAULT_SHARED_BYTES
+    # Islands append their trials to this journal and read each other's there
+    # (services.planner.island_journal); None: the driver relays them.
+    journal: JournalLink | None = None
 
 
 @dataclass(frozen=True)
 class IslandTrial:
-    """One trial an island told: the finished trial (its number is the island's own), what
-    the driver keeps of it, and the evaluation when it is the island's best so far (only
-    such a trial can be the search's best, and an evaluation is ~50 kB)."""
+    """One trial an island told: the finished trial (its number is the island's own; None
+    when the island appended it to the journal itself, as ``stored``), what the driver keeps
+    of it, and the evaluation when it is the island's best so far (only such a trial can be
+    the search's best, and an evaluation is ~50 kB)."""
 
-    trial: FrozenTrial
+    trial: FrozenTrial | None
     record: TrialRecord
     evaluation: PlanEvaluation | None
     seconds: float
@@ -83,6 +96,26 @@ class IslandTrial:
     reused_pairs: int
     adopted_pairs: int = 0  # of the reused: handed over from another island
     unexpected: bool = False  # the evaluation raised an error that is not the plan's
+    seen: int = 0  # trials in the island's study when it asked this one (its own and others')
+    stored: int | None = None  # its number in the journal, when the island appended it
+
+
+@dataclass(frozen=True)
+class StopAt:
+    """When an island stops starting trials: the driver's wall-clock end of exploration, and
+    no later than the seconds left to it when the driver sent the call, counted on the
+    actor's own clock from the call's start. The wall clock alone would let a host whose clock
+    lags the driver's run trials into the fine phase's reserve; the second bound caps that at
+    the time the call waited behind the one before it (a few trials). A host whose clock runs
+    ahead stops early: less exploration, never a late plan."""
+
+    wall: float  # time.time() on the driver's clock
+    left_s: float
+
+    def passed(self) -> Callable[[], bool]:
+        """Call when the call starts: whether the end has passed, from then on."""
+        until = time.monotonic() + self.left_s
+        return lambda: time.time() >= self.wall or time.monotonic() >= until
 
 
 def island_seed(seed: int | None, slot: int, restarts: int) -> int | None:
@@ -114,6 +147,7 @@ class Island:
         )  # fmt: skip
         self.study = open_study(space, sampler, multi_objective=settings.multi_objective)
         self.best: tuple[int, float] | None = None
+        self.journal = SharedJournal(settings.journal, slot) if settings.journal else None
 
     def absorb(self, trials: Sequence[FrozenTrial]) -> None:
         """Add other islands' finished trials (and a resumed study's) to this history."""
@@ -126,15 +160,18 @@ class Island:
         count: int,
         *,
         seeds: Sequence[dict[str, Any]] = (),
-        stop_at: float | None = None,
+        stop_at: StopAt | None = None,
         pid: int,
     ) -> Iterator[IslandTrial]:
-        """Up to ``count`` trials, the ``seeds`` first; none started at or after ``stop_at``
-        (wall-clock time: the driver's clock, on a cluster's synchronised hosts). A seed is
-        enqueued just before its trial, so the seeds of trials not run stay the driver's."""
+        """Up to ``count`` trials, the ``seeds`` first; none started after ``stop_at`` has
+        passed. A seed is enqueued just before its trial, so the seeds of trials not run stay
+        the driver's."""
+        passed = stop_at.passed() if stop_at is not None else None  # the call's start
         for i in range(count):
-            if stop_at is not None and time.time() >= stop_at:
+            if passed is not None and passed():
                 return
+            if self.journal is not None:
+                self.absorb(self.journal.news())
             if i < len(seeds):
                 enqueue(self.study, seeds[i : i + 1])
             yield self._one(evaluate, pid)
@@ -166,8 +203,9 @@ class Island:
         if improved:
             self.best = key
         finished = self.study._storage.get_trial(trial._trial_id)
+        stored = self.journal.append(finished) if self.journal is not None else None
         return IslandTrial(
-            trial=finished,
+            trial=finished if stored is None else None,
             record=record,
             evaluation=evaluation if improved else None,
             seconds=reply.seconds,
@@ -176,6 +214,8 @@ class Island:
             reused_pairs=reply.reused_pairs,
             adopted_pairs=reply.adopted_pairs,
             unexpected=unexpected,
+            seen=finished.number,
+            stored=stored,
         )
 
 

@@ -2,21 +2,26 @@
 
 Each live worker has up to ``PIPELINE_DEPTH`` calls out (``EvaluatorWorker.explore``: one
 running, one queued behind it), each of at most ``TRIALS_PER_CALL`` trials. As a call streams
-its trials, the driver adds each to the stored study (a new number there), keeps the best, and
-queues it for every other worker's next call. The starting plans (the library's and the
-geometric seeds) are dealt out to the calls in order, first come first served.
+its trials, the driver keeps the best and, unless the islands share the study's journal
+themselves (``journal_link``; then they are stored already and the driver adopts them into its
+study when exploration ends), adds each to the stored study (a new number there) and queues it
+for every other worker's next call. The starting plans (the library's and the geometric seeds)
+are dealt out to the calls in order, first come first served.
 
 Budget: the trial budget counts trials handed to calls; those a call did not run (its island
 stopped at the end of exploration, or its worker died) are handed back. A worker that dies
 loses the trial it was evaluating: a failed trial without parameters stands for it in the
-study (the island's own record of it died with the worker); the starting plans it had not
-begun go to the other calls; its replacement starts with the whole study so far. Under a time
+study (the island's own record of it died with the worker; with the journal shared, the
+trials it appended that never reached the driver are read back from the journal); the
+starting plans it had not begun go to the other calls; its replacement starts with the whole
+study so far. Under a time
 limit the stall grace applies as in the driver's modes; cancellation kills the workers (their
 running trials are simply not recorded).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections import Counter, deque
@@ -31,8 +36,17 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from optimizer.search.local import SearchError
 from optimizer.search.objective import ranking_key
-from optimizer.search.study import TrialRecord
-from services.planner.island import TRIALS_PER_CALL, IslandSettings, IslandTrial, lost_trial
+from optimizer.search.study import TrialRecord, journal_path, record_of
+from optimizer.search.write_through import WriteThroughStorage
+from services.planner.actors import WORKER_ATTR, WORKER_PID_ATTR
+from services.planner.island import (
+    TRIALS_PER_CALL,
+    IslandSettings,
+    IslandTrial,
+    StopAt,
+    lost_trial,
+)
+from services.planner.island_journal import JournalLink
 from services.planner.pool import POLL_S, Worker
 from services.planner.progress import InFlight
 from services.planner.unit_sharing import SharedBundle
@@ -54,6 +68,19 @@ class _Call:
     heard_at: float = field(default_factory=time.monotonic)  # sent, or its last trial
 
 
+def journal_link(search: DistributedSearch) -> JournalLink | None:
+    """The study journal the islands can share directly: the search's storage is a journal
+    file and every node of the cluster is this host (so every actor sees the file); None
+    otherwise (the driver relays the trials)."""
+    path = journal_path(search.storage_url) if search.storage_url else None
+    if path is None or not isinstance(search.study._storage, WriteThroughStorage):
+        return None
+    here = ray.util.get_node_ip_address()
+    if any(n.get("NodeManagerAddress") != here for n in ray.nodes() if n.get("Alive")):
+        return None
+    return JournalLink(str(path.resolve()), search.study.study_name)
+
+
 class IslandExploration:
     """The exploration phase of one ``DistributedSearch`` with ``islands=True``."""
 
@@ -68,7 +95,10 @@ class IslandExploration:
             weights=search.weights,
             signature=search.space.signature(),
             share_units=search.share_units,
+            journal=journal_link(search),
         )
+        # Islands that append to the journal themselves: the driver relays no trial.
+        self.direct = self.settings.journal is not None
         self.seeds: deque[dict[str, Any]] = deque(starts)
         self.streams: dict[Any, _Call] = {}
         self.calls: dict[int, list[_Call]] = {w.index: [] for w in self.pool.workers}
@@ -77,8 +107,9 @@ class IslandExploration:
         history = self._finished_trials()
         self.handed_at_start = len(history)
         self.outbox: dict[int, list[FrozenTrial]] = {
-            w.index: list(history) for w in self.pool.workers
+            w.index: [] if self.direct else list(history) for w in self.pool.workers
         }
+        self.received_from: Counter[int | None] = Counter()  # trials streamed, by worker pid
         # Per worker slot: the other islands' pair solutions not handed to it yet.
         self.bundles: dict[int, list[SharedBundle]] = {w.index: [] for w in self.pool.workers}
         self.bundles_handed = 0
@@ -106,6 +137,22 @@ class IslandExploration:
     def run(self) -> str:
         """Explore until the budget, the time or a cancel ends it: "trials", "time" or
         "cancelled" (as ``DistributedSearch._explore``)."""
+        try:
+            ended = self._loop()
+        except BaseException:
+            if self.direct:  # what the search reports next should see the told trials
+                with contextlib.suppress(Exception):
+                    self._adopt()
+            raise
+        if self.direct:
+            self._adopt()
+        return ended
+
+    def _adopt(self) -> None:
+        """The islands' trials, from the journal into the driver's study."""
+        self._storage().adopt_durable(self.search.study._study_id)
+
+    def _loop(self) -> str:
         search = self.search
         while True:
             if search._cancelled():
@@ -152,11 +199,11 @@ class IslandExploration:
         count = TRIALS_PER_CALL
         if search.trials is not None:
             count = min(count, search.trials - search.asked)
-        stop_at: float | None = None
+        stop_at: StopAt | None = None
         if search.explore_until is not None:
             left = search.explore_until - time.monotonic()
-            if left > 0:  # wall-clock time for the island: the actor may be on another host
-                stop_at = time.time() + left
+            if left > 0:  # the actor may be on another host: its own clocks (StopAt)
+                stop_at = StopAt(time.time() + left, left)
             else:  # the first plans go out however late the workers came up (_fill)
                 count = 1
         seeds = [self.seeds.popleft() for _ in range(min(count, len(self.seeds)))]
@@ -182,7 +229,7 @@ class IslandExploration:
             self._finished(stream, call)
             return
         try:
-            item: IslandTrial | SharedBundle = ray.get(ref)
+            item: IslandTrial | list[IslandTrial] | SharedBundle = ray.get(ref)
         except RayActorError:
             self._died(call.worker)
             return
@@ -195,9 +242,11 @@ class IslandExploration:
                 if other.index != call.worker.index:
                     self.bundles[other.index].append(item)
             return
-        call.received += 1
-        call.worker.pid = item.pid
-        self._record(item, call.worker)
+        for trial in item if isinstance(item, list) else [item]:
+            call.received += 1
+            call.worker.pid = trial.pid
+            self.received_from[trial.pid] += 1
+            self._record(trial, call.worker)
 
     def _finished(self, stream: Any, call: _Call) -> None:
         """A call that ran out: the trials it did not run (its island reached the end of
@@ -215,7 +264,11 @@ class IslandExploration:
 
     def _record(self, item: IslandTrial, worker: Worker) -> None:
         search = self.search
-        number = self._store(item.trial)
+        if item.stored is not None:
+            number = item.stored
+        else:
+            assert item.trial is not None
+            number = self._store(item.trial)
         record = dataclasses.replace(item.record, number=number, seconds=search._seconds())
         search.stats.pairs_solved += item.solved_pairs
         search.stats.pairs_reused += item.reused_pairs
@@ -234,19 +287,28 @@ class IslandExploration:
             # Only an island's own best carries its evaluation, and the search's best is one.
             search.best = record
             search.best_evaluation = item.evaluation
-        for other in self.pool.alive:
-            if other.index != worker.index:
-                self.outbox[other.index].append(item.trial)
+        if item.trial is not None:
+            for other in self.pool.alive:
+                if other.index != worker.index:
+                    self.outbox[other.index].append(item.trial)
         self.told_by[worker.index] += 1
-        self.history_seen[worker.index] = item.trial.number  # the trials before it there
+        self.history_seen[worker.index] = item.seen
         self._told(record)
 
     def _store(self, trial: FrozenTrial) -> int:
-        """Add a finished trial to the stored study (written through); its number there."""
+        """Add a finished trial to the stored study (written through; with islands that
+        append to the journal, to the journal only, beside theirs); its number there."""
         study = self.search.study
+        if self.direct:
+            return self._storage().write_durable(study._study_id, trial)
         storage = study._storage
         trial_id = storage.create_new_trial(study._study_id, template_trial=trial)
         return storage.get_trial_number_from_id(trial_id)
+
+    def _storage(self) -> WriteThroughStorage:
+        storage = self.search.study._storage
+        assert isinstance(storage, WriteThroughStorage)  # journal_link() asked for one
+        return storage
 
     def _told(self, record: TrialRecord) -> None:
         search = self.search
@@ -272,6 +334,13 @@ class IslandExploration:
             del self.streams[stream]
         if not calls:
             return
+        # Islands appending to the journal: trials it appended that never reached the driver
+        # (it died in between) are read back from there, as received by their calls.
+        unheard = self._appended_unheard(worker)
+        for call in calls:
+            take = min(unheard, call.count - call.received)
+            call.received += take
+            unheard -= take
         # The call it was running: the first with trials still to come (a call whose trials
         # all arrived may still be sharing its solutions, or the next has begun). None: it
         # died after its last trial, with nothing queued.
@@ -284,6 +353,27 @@ class IslandExploration:
                 self.search.asked -= call.count - begun
                 back += call.seeds[begun:]
         self.seeds.extendleft(reversed(back))
+
+    def _appended_unheard(self, worker: Worker) -> int:
+        """Islands appending to the journal: the trials the worker appended whose items never
+        reached the driver (it died in between), recorded here from the journal."""
+        if not self.direct or worker.pid is None:
+            return 0
+        study_id = self.search.study._study_id
+        mine = [
+            t
+            for t in self._storage().durable_trials(study_id)
+            if t.user_attrs.get(WORKER_PID_ATTR) == worker.pid
+            and t.user_attrs.get(WORKER_ATTR) == worker.index
+        ]
+        unheard = mine[self.received_from[worker.pid] :]
+        for trial in unheard:
+            self.received_from[worker.pid] += 1
+            self.told_by[worker.index] += 1
+            record = record_of(trial, self.search._seconds())
+            self.search.stats.failed_trials += record.error is not None
+            self._told(record)
+        return len(unheard)
 
     def _died(self, worker: Worker) -> None:
         search = self.search
@@ -300,8 +390,8 @@ class IslandExploration:
         )
         self.pool.died(worker)  # PoolError when it was the last: the search reports it
         # The replacement's island starts empty: it is handed the whole study so far (and the
-        # live islands' bundles still pending for the slot).
-        self.outbox[worker.index] = self._finished_trials()
+        # live islands' bundles still pending for the slot), or reads it from the journal.
+        self.outbox[worker.index] = [] if self.direct else self._finished_trials()
 
     def _stop_silent_workers(self) -> None:
         """Past the end of exploration and its grace: stop the workers whose running call has

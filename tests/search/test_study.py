@@ -13,6 +13,7 @@ from optimizer.search.study import (
     ask,
     completed,
     open_study,
+    record_of,
     resolve_storage,
     tell,
     tell_error,
@@ -44,3 +45,7 @@ def test_batch_ask_then_tell_sets_constraints_and_attributes(phantom_case, ect, 
     assert trial.user_attrs["score"] == pytest.approx(record.score)
     assert all(v <= 0 for v in trial.constraints.values()) == record.passed
     assert failed.error == "needle outside the grid" and failed.values is None
+    # What another process told reads back as the record its tell returned.
+    stored = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert record_of(stored[batch[0].number], 0.1) == record
+    assert record_of(stored[batch[1].number], 0.2) == failed

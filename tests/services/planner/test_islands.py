@@ -8,10 +8,11 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.search.local import SearchError, SearchProgress
 from optimizer.search.seeding import geometric_seed_params
@@ -20,14 +21,30 @@ from optimizer.search.study import ERROR_ATTR
 from services.planner import driver
 from services.planner.actors import CaseSpec, EvaluatorWorker, search_space
 from services.planner.driver import WORKER_ATTR, WORKER_PID_ATTR, DistributedSearch
-from services.planner.island import IslandError, IslandSettings, IslandTrial
+from services.planner.island import IslandError, IslandSettings, IslandTrial, StopAt
 from services.planner.progress import ClusterProgress
+from services.planner.storage import default_storage_url, open_storage
 from services.planner.unit_sharing import SharedBundle
 from tests.services.planner.conftest import LESION_MARGIN_MM, QUICK
 
+# A database: the driver relays the trials between islands. The journal file on this one-host
+# cluster: the islands append and read them there themselves.
+STORAGES = ["sqlite", "journal"]
 
-def test_two_islands_share_one_study_and_find_a_passing_plan(ray_cluster, lesion, ect, tmp_path):
-    url = f"sqlite:///{tmp_path / 'study.db'}"
+
+def storage_url(kind: str, folder: Path) -> str:
+    return f"sqlite:///{folder / 'study.db'}" if kind == "sqlite" else default_storage_url(folder)
+
+
+def stored_trials(url: str, name: str) -> list[FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=open_storage(url)).trials
+
+
+@pytest.mark.parametrize("kind", STORAGES)
+def test_two_islands_share_one_study_and_find_a_passing_plan(
+    ray_cluster, lesion, ect, tmp_path, kind
+):
+    url = storage_url(kind, tmp_path)
     seen: list[ClusterProgress] = []
     with DistributedSearch(lesion, ect, trials=40, workers=2, seed=0, islands=True,
                            storage_url=url, study_name="islands", **QUICK) as search:  # fmt: skip
@@ -35,13 +52,19 @@ def test_two_islands_share_one_study_and_find_a_passing_plan(ray_cluster, lesion
     assert result.passed, result.summary()
     assert result.stopped_by == "trials" and result.trials_run == 40
     assert result.refined and result.refined[0].evaluation is result.evaluation
-    stored = optuna.load_study(study_name="islands", storage=url)
-    assert [t.number for t in stored.trials] == list(range(40))
-    assert all(t.state == TrialState.COMPLETE and "score" in t.user_attrs for t in stored.trials)
-    assert {t.user_attrs[WORKER_ATTR] for t in stored.trials} == {0, 1}
-    assert len({t.user_attrs[WORKER_PID_ATTR] for t in stored.trials}) == 2
+    assert search.island is not None and search.island.direct == (kind == "journal")
+    stored = stored_trials(url, "islands")
+    assert [t.number for t in stored] == list(range(40))
+    assert all(t.state == TrialState.COMPLETE and "score" in t.user_attrs for t in stored)
+    assert {t.user_attrs[WORKER_ATTR] for t in stored} == {0, 1}
+    assert len({t.user_attrs[WORKER_PID_ATTR] for t in stored}) == 2
+    # The driver's study holds the same trials (the islands' numbers are the study's).
+    assert [(t.number, t.params) for t in search.study.trials] == [
+        (t.number, t.params) for t in stored
+    ]
+    assert stored[result.trial_number].params == result.params
     # Every starting plan was evaluated once, by one island or the other.
-    fixed = [t.system_attrs["fixed_params"] for t in stored.trials
+    fixed = [t.system_attrs["fixed_params"] for t in stored
              if "fixed_params" in t.system_attrs]  # fmt: skip
     assert search.starts and sorted(map(str, fixed)) == sorted(map(str, search.starts))
     # Both workers were busy at once, the progress numbered trials as they were told.
@@ -57,10 +80,11 @@ def test_two_islands_share_one_study_and_find_a_passing_plan(ray_cluster, lesion
     assert all(island.history_seen[s] >= island.told_by[s] for s in (0, 1))
 
 
+@pytest.mark.parametrize("kind", STORAGES)
 def test_a_worker_killed_mid_trial_loses_only_the_trial_it_was_evaluating(
-    ray_cluster, lesion, ect, tmp_path
+    ray_cluster, lesion, ect, tmp_path, kind
 ):
-    url = f"sqlite:///{tmp_path / 'study.db'}"
+    url = storage_url(kind, tmp_path)
     killed: list[int] = []
 
     def kill_once(p: SearchProgress) -> None:
@@ -78,7 +102,7 @@ def test_a_worker_killed_mid_trial_loses_only_the_trial_it_was_evaluating(
     # The trials the dead island had not begun went back to the budget: all 24 were run.
     assert result.stopped_by == "trials" and result.trials_run == 24
     assert any("worker death" in n for n in result.notes)
-    stored = optuna.load_study(study_name="killed", storage=url).trials
+    stored = stored_trials(url, "killed")
     assert len(stored) == 24
     failed = [t for t in stored if t.state == TrialState.FAIL]
     assert len(failed) == 1  # the trial worker 1 was evaluating; its parameters died with it
@@ -122,8 +146,9 @@ def test_islands_stop_at_the_time_limit_with_a_fine_plan(ray_cluster, lesion, ec
     assert search.asked == result.trials_run
 
 
-def test_a_resumed_study_is_handed_to_every_island(ray_cluster, lesion, ect, tmp_path):
-    url = f"sqlite:///{tmp_path / 'study.db'}"
+@pytest.mark.parametrize("kind", STORAGES)
+def test_a_resumed_study_is_handed_to_every_island(ray_cluster, lesion, ect, tmp_path, kind):
+    url = storage_url(kind, tmp_path)
     options = {"workers": 2, "seed": 0, "islands": True, "storage_url": url,
                "study_name": "resumed", "refine_top_k": 1, **QUICK}  # fmt: skip
     with DistributedSearch(lesion, ect, trials=8, **options) as first:
@@ -188,8 +213,24 @@ def test_an_island_adopts_another_islands_solutions_and_learns_their_trials(
     assert second._island is not None and len(second._island.study.trials) == 3
     # A call that starts past its end runs nothing and keeps none of its starting plans
     # (they stay the driver's, for another call).
-    assert list(second.explore(settings, 1, 0, 2, seeds, (), (), time.time() - 1)) == []
+    assert list(second.explore(settings, 1, 0, 2, seeds, (), (), StopAt(time.time() - 1, 60))) == []
     assert len(second._island.study.trials) == 3
+    # Nor one whose seconds left have run out on its own clock, whatever the wall clock says
+    # (a host whose clock lags the driver's), and one that has both left runs.
+    assert list(second.explore(settings, 1, 0, 2, seeds, (), (), StopAt(time.time() + 60, 0))) == []
+    ran = list(second.explore(settings, 1, 0, 1, seeds, (), (), StopAt(time.time() + 60, 60)))
+    assert [type(x) for x in ran if not isinstance(x, SharedBundle)] == [IslandTrial]
+
+
+def test_an_islands_end_is_the_earlier_of_the_wall_clock_and_its_own_count():
+    assert StopAt(time.time() - 1, 60).passed()()
+    assert StopAt(time.time() + 60, 0).passed()()
+    queued = StopAt(time.time() + 60, 0.2)
+    time.sleep(0.3)  # a call queued behind another: counted from its start, not its sending
+    passed = queued.passed()
+    assert not passed()
+    time.sleep(0.3)
+    assert passed()
 
 
 def test_an_island_refuses_another_search_space(lesion, ect):
