@@ -46,8 +46,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from services.front.errors import FrontError, invalid, not_found
+from services.front.explorations import DEFAULT_EXPLORATION
 from services.front.gen.ectplan.v1 import job_pb2, planning_service_pb2
-from services.front.searches import DEFAULT_EXPLORATION
 
 TERMINAL_STATES = frozenset(
     {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}

@@ -29,12 +29,12 @@ from optimizer.search.local import SearchProgress, SearchResult
 from services.front.artifacts import write_job_artifacts
 from services.front.convert import evaluation_to_proto, plan_from_proto, plan_to_proto
 from services.front.errors import FrontError, exhausted, failed_precondition, invalid
+from services.front.explorations import DEFAULT_EXPLORATION
 from services.front.gen.ectplan.v1 import job_pb2
 from services.front.jobs import JobRecord, JobStore, JobUpdate
 from services.front.logging import log_event
 from services.front.metrics import FrontMetrics
 from services.front.searches import (
-    DEFAULT_EXPLORATION,
     DEFAULT_FINE_SPACING_MM,
     Improvement,
     JobRunner,

@@ -37,6 +37,7 @@ from optimizer.evaluate.protocol import Protocol as TreatmentProtocol
 from optimizer.search.fidelity import DEFAULT_TOP_K
 from optimizer.search.local import SearchProgress, SearchResult, run_search
 from optimizer.search.space import SearchSpace
+from services.front.explorations import DEFAULT_EXPLORATION
 from services.front.logging import log_event
 from services.planner.storage import StorageError, open_storage
 
@@ -47,11 +48,6 @@ DEFAULT_FINE_SPACING_MM = 1.0
 # Planning grid margin around the target (mm): optimizer.case's default.
 PLANNING_MARGIN_MM = 30.0
 
-
-# SearchOptions.exploration: DistributedSearch's orders of ask and tell (the planner driver's
-# docstring), by the names its search.json uses.
-EXPLORATIONS = ("batches", "asynchronous", "islands")
-DEFAULT_EXPLORATION = EXPLORATIONS[0]  # also what an empty value means
 
 
 @dataclass(frozen=True)

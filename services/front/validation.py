@@ -12,8 +12,8 @@ from optimizer.evaluate.protocol import Protocol, ProtocolError, load_protocol, 
 from optimizer.search.samplers import SAMPLERS
 from services.front.convert import plan_from_proto
 from services.front.errors import FrontError, Violation, invalid_many
+from services.front.explorations import EXPLORATIONS
 from services.front.gen.ectplan.v1 import plan_pb2, planning_service_pb2
-from services.front.searches import EXPLORATIONS
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 MAX_TRIALS = 100_000
