@@ -26,13 +26,13 @@ from typing import Any
 import optuna
 from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, get_storage
-from optuna.storages.journal import JournalFileBackend
 from optuna.study._tell import _tell_with_warning
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.evaluate.evaluation import PlanEvaluation
 from optimizer.evaluate.plan import Plan
 from optimizer.search.fidelity import Candidate
+from optimizer.search.journal_file import journal_backend
 from optimizer.search.objective import OBJECTIVE_NAMES, constraint_names, outcome
 from optimizer.search.settings import ScoreWeights
 from optimizer.search.space import SearchSpace
@@ -68,7 +68,7 @@ def resolve_storage(storage: str | Path | BaseStorage | None) -> str | BaseStora
         return text
     path = journal_path(text)
     if path is not None and str(path):
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(journal_backend(path))
     raise SearchStudyError(
         f"storage {text!r} is neither an RDB URL (sqlite:///path.db, postgresql://...) nor a "
         "journal file (journal:path, or a path ending in .log, .jsonl or .journal)"

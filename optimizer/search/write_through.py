@@ -97,6 +97,7 @@ class WriteThroughStorage(BaseStorage):
         self.memory.delete_study(study_id)
         self._finished.pop(study_id, None)
         self._written.pop(study_id, None)
+        self._durable_seen.pop(study_id, None)
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
         self.memory.set_study_user_attr(study_id, key, value)
@@ -221,10 +222,11 @@ class WriteThroughStorage(BaseStorage):
 
     def adopt_durable(self, study_id: int) -> int:
         """Bring into memory the finished trials others appended to the durable study since
-        this storage last wrote or read it (they are not written again); returns the count.
-        Call only while no trial of this study waits in memory to be written."""
-        if self._finished[study_id]:
-            raise RuntimeError("finished trials wait to be written; flush() first")
+        this storage last wrote or adopted (they are not written again); returns the count.
+        Call only while every trial in memory is written (none running, waiting or held
+        back): the memory numbers then follow the durable ones."""
+        if len(self.memory.get_all_trials(study_id, deepcopy=False)) != self._written[study_id]:
+            raise RuntimeError("trials in memory are not all written; adopt only between trials")
         try:
             stored = self.durable_trials(study_id)
         except DURABLE_ERRORS as exc:

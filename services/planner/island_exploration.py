@@ -14,9 +14,10 @@ loses the trial it was evaluating: a failed trial without parameters stands for 
 study (the island's own record of it died with the worker; with the journal shared, the
 trials it appended that never reached the driver are read back from the journal); the
 starting plans it had not begun go to the other calls; its replacement starts with the whole
-study so far. Under a time
-limit the stall grace applies as in the driver's modes; cancellation kills the workers (their
-running trials are simply not recorded).
+study so far. Under a time limit the stall grace applies as in the driver's modes;
+cancellation kills the workers (their running trials are simply not recorded; with the
+journal shared, a trial an island appends between the cancel and its kill is in the journal
+but not in the cancelled search's report).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import contextlib
 import dataclasses
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ from optimizer.search.local import SearchError
 from optimizer.search.objective import ranking_key
 from optimizer.search.study import TrialRecord, journal_path, record_of
 from optimizer.search.write_through import WriteThroughStorage
-from services.planner.actors import WORKER_ATTR, WORKER_PID_ATTR
+from services.planner.actors import WORKER_ATTR
 from services.planner.island import (
     TRIALS_PER_CALL,
     IslandSettings,
@@ -70,15 +71,33 @@ class _Call:
 
 def journal_link(search: DistributedSearch) -> JournalLink | None:
     """The study journal the islands can share directly: the search's storage is a journal
-    file and every node of the cluster is this host (so every actor sees the file); None
-    otherwise (the driver relays the trials)."""
+    file, every node of the cluster is this host (so every actor sees the file), and every
+    stored trial is finished (so the journal's trial numbers are the driver's study's; a
+    crashed run of an older version may have left one running). None otherwise: the driver
+    relays the trials."""
     path = journal_path(search.storage_url) if search.storage_url else None
-    if path is None or not isinstance(search.study._storage, WriteThroughStorage):
+    storage = search.study._storage
+    if path is None or not isinstance(storage, WriteThroughStorage):
         return None
     here = ray.util.get_node_ip_address()
     if any(n.get("NodeManagerAddress") != here for n in ray.nodes() if n.get("Alive")):
         return None
-    return JournalLink(str(path.resolve()), search.study.study_name)
+    stored = storage.durable_trials(search.study._study_id)
+    if len(stored) != len(search.study.get_trials(deepcopy=False)):
+        return None
+    return JournalLink.of(path, search.study.study_name)
+
+
+def unheard_trials(
+    stored: Sequence[FrozenTrial], start: int, heard: Container[int], slot: int
+) -> list[FrozenTrial]:
+    """The journal's trials of this search (from ``start``) that worker slot ``slot``
+    appended and the driver has not heard of. By slot, not process: a replacement's pid is
+    learnt only from its first call's trials, and a resumed journal's earlier runs may have
+    had the same pids."""
+    return [
+        t for t in stored[start:] if t.user_attrs.get(WORKER_ATTR) == slot and t.number not in heard
+    ]
 
 
 class IslandExploration:
@@ -109,7 +128,10 @@ class IslandExploration:
         self.outbox: dict[int, list[FrozenTrial]] = {
             w.index: [] if self.direct else list(history) for w in self.pool.workers
         }
-        self.received_from: Counter[int | None] = Counter()  # trials streamed, by worker pid
+        # With the journal shared: where this search's trials begin there, and the numbers
+        # of those the driver has heard of (streamed, or written by it).
+        self.journal_start = len(self._finished_trials()) if self.direct else 0
+        self.heard: set[int] = set()
         # Per worker slot: the other islands' pair solutions not handed to it yet.
         self.bundles: dict[int, list[SharedBundle]] = {w.index: [] for w in self.pool.workers}
         self.bundles_handed = 0
@@ -245,8 +267,9 @@ class IslandExploration:
         for trial in item if isinstance(item, list) else [item]:
             call.received += 1
             call.worker.pid = trial.pid
-            self.received_from[trial.pid] += 1
             self._record(trial, call.worker)
+        if self.direct:  # a little at a time, so the end of exploration has little to read
+            self._adopt()
 
     def _finished(self, stream: Any, call: _Call) -> None:
         """A call that ran out: the trials it did not run (its island reached the end of
@@ -266,6 +289,7 @@ class IslandExploration:
         search = self.search
         if item.stored is not None:
             number = item.stored
+            self.heard.add(number)
         else:
             assert item.trial is not None
             number = self._store(item.trial)
@@ -300,7 +324,9 @@ class IslandExploration:
         append to the journal, to the journal only, beside theirs); its number there."""
         study = self.search.study
         if self.direct:
-            return self._storage().write_durable(study._study_id, trial)
+            number = self._storage().write_durable(study._study_id, trial)
+            self.heard.add(number)
+            return number
         storage = study._storage
         trial_id = storage.create_new_trial(study._study_id, template_trial=trial)
         return storage.get_trial_number_from_id(trial_id)
@@ -355,23 +381,18 @@ class IslandExploration:
         self.seeds.extendleft(reversed(back))
 
     def _appended_unheard(self, worker: Worker) -> int:
-        """Islands appending to the journal: the trials the worker appended whose items never
-        reached the driver (it died in between), recorded here from the journal."""
-        if not self.direct or worker.pid is None:
+        """Islands appending to the journal: the trials the worker's slot appended whose items
+        never reached the driver (it died in between), recorded here from the journal."""
+        if not self.direct:
             return 0
-        study_id = self.search.study._study_id
-        mine = [
-            t
-            for t in self._storage().durable_trials(study_id)
-            if t.user_attrs.get(WORKER_PID_ATTR) == worker.pid
-            and t.user_attrs.get(WORKER_ATTR) == worker.index
-        ]
-        unheard = mine[self.received_from[worker.pid] :]
+        stored = self._storage().durable_trials(self.search.study._study_id)
+        unheard = unheard_trials(stored, self.journal_start, self.heard, worker.index)
         for trial in unheard:
-            self.received_from[worker.pid] += 1
+            self.heard.add(trial.number)
             self.told_by[worker.index] += 1
             record = record_of(trial, self.search._seconds())
-            self.search.stats.failed_trials += record.error is not None
+            if record.error is not None:
+                self.search.stats.failed_trials += 1
             self._told(record)
         return len(unheard)
 
@@ -416,8 +437,10 @@ class IslandExploration:
         search._stall_seen = True
         message = search._stall_message("not evaluated")
         for worker in silent:
-            self._drop_calls(worker, message)
+            # Killed first: a stopped process may hold the journal's lock, which the lost
+            # trial's write then waits for (the kernel drops it with the process).
             self.pool.retire(worker)
+            self._drop_calls(worker, message)
         search.notes.append(
             search._stall_message(
                 f"worker(s) {', '.join(str(w.index) for w in silent)} stopped: the trial each "

@@ -2,44 +2,33 @@
 
 With the embedded journal storage on a one-host cluster, every actor can open the journal the
 driver opened. Each island then appends each trial it tells to the journal itself (one line,
-under the journal's file lock, as Optuna's JournalStorage does for several processes) and
-reads the trials the other islands appended since its last trial before it asks. The driver
-no longer adds every trial to the study and hands it to every other island (~3 ms of driver
-CPU per trial, beside the workers on a small machine); it only keeps the budget, the best and
-the faults, and adopts the journal's trials into its study when exploration ends
-(``WriteThroughStorage.adopt_durable``). Elsewhere (a database, workers on other hosts) the
-driver relays the trials (``services.planner.island_exploration``).
+under the journal's lock: optimizer/search/journal_file.py) and reads the trials the others
+appended since its last trial before it asks. The driver no longer adds every trial to the
+study and hands it to every other island (~3 ms of driver CPU per trial, beside the workers on
+a small machine); it keeps the budget, the best and the faults, and adopts the journal's trials
+into its study as calls end (``WriteThroughStorage.adopt_durable``). Elsewhere (a database,
+workers on other hosts) the driver relays the trials (``services.planner.island_exploration``).
 
-The journal's trial numbers are the study's: islands append finished trials only, and the
-driver writes nothing to the journal while they explore except, through the same lock, the
-failed trial that stands for one a dead worker was evaluating.
+An island appends without fsync: it waits for its own appends, and an fsync per trial cost a
+lone island 2-7 ms of a ~15 ms trial on the development machine's disk. The page cache keeps
+what a dead worker wrote; the driver's own writes still sync.
+
+The journal's trial numbers are the driver's study's: the driver shares the journal only when
+every stored trial is finished (so its memory numbers match), islands append finished trials
+only, and the driver writes nothing to the journal while they explore except, through the same
+lock, the failed trial that stands for one a dead worker was evaluating.
 """
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
-from optuna.storages.journal._file import get_lock_file  # Optuna is pinned
 from optuna.trial import FrozenTrial
 
-
-class _PageCacheFileBackend(JournalFileBackend):
-    """Optuna's journal file, appended under its lock without ``fsync``: the line is in the
-    kernel's page cache when ``write`` returns, so the other islands and the driver on this
-    host read it at once and a worker's death loses nothing it wrote; only a crash of the host
-    itself could lose the last lines (and the search with them). Why: an island waits for its
-    own appends, and an fsync per trial cost a lone island 2-7 ms of a ~15 ms trial on the
-    development machine's disk (the driver's own writes still sync)."""
-
-    def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
-        with get_lock_file(self._lock), open(self._file_path, "ab") as f:
-            f.write(text.encode("utf-8"))
+from optimizer.search.journal_file import journal_backend
 
 
 class JournalUnreachableError(RuntimeError):
@@ -48,10 +37,19 @@ class JournalUnreachableError(RuntimeError):
 
 @dataclass(frozen=True)
 class JournalLink:
-    """Where the islands' shared study is: the journal file and the study's name in it."""
+    """Where the islands' shared study is: the journal file (its path and identity, device
+    and inode, so that a different file at the same path is not taken for it) and the
+    study's name in it."""
 
     path: str
     study_name: str
+    identity: tuple[int, int]
+
+    @classmethod
+    def of(cls, path: Path, study_name: str) -> JournalLink:
+        real = path.resolve()
+        stat = os.stat(real)
+        return cls(str(real), study_name, (stat.st_dev, stat.st_ino))
 
 
 class SharedJournal:
@@ -59,14 +57,19 @@ class SharedJournal:
 
     def __init__(self, link: JournalLink, slot: int) -> None:
         # Optuna would create a missing file: on another host that is an empty journal that
-        # no one else reads, so a missing file is an error here.
-        if not Path(link.path).is_file():
+        # no one else reads, so a missing (or another) file is an error here.
+        try:
+            stat = os.stat(link.path)
+            same = (stat.st_dev, stat.st_ino) == link.identity
+        except OSError:
+            same = False
+        if not same:
             raise JournalUnreachableError(
                 f"worker {slot} cannot see the study journal {link.path} (it runs on another "
-                "host than the driver); island exploration shares trials through the journal "
-                "only on a one-host cluster"
+                "host or filesystem than the driver); island exploration shares trials "
+                "through the journal only where every worker sees the driver's file"
             )
-        self.storage = JournalStorage(_PageCacheFileBackend(link.path))
+        self.storage = JournalStorage(journal_backend(link.path, fsync=False))
         try:
             self.study_id = self.storage.get_study_id_from_name(link.study_name)
         except KeyError:

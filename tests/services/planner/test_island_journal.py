@@ -3,12 +3,17 @@ journal it cannot see is a clear error."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import optuna
 import pytest
-from optuna.trial import TrialState, create_trial
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from optimizer.search.study import record_of
 from optimizer.search.write_through import WriteThroughStorage
+from services.planner.actors import WORKER_ATTR, WORKER_PID_ATTR
+from services.planner.island_exploration import unheard_trials
 from services.planner.island_journal import JournalLink, JournalUnreachableError, SharedJournal
 from services.planner.storage import default_storage_url, open_storage
 
@@ -28,7 +33,7 @@ def journal(tmp_path) -> tuple[WriteThroughStorage, int, JournalLink]:
     url = default_storage_url(tmp_path)
     storage = WriteThroughStorage(open_storage(url))
     study = optuna.create_study(storage=storage, study_name="shared")
-    return storage, study._study_id, JournalLink(url.removeprefix("journal:"), "shared")
+    return storage, study._study_id, JournalLink.of(Path(url.removeprefix("journal:")), "shared")
 
 
 def test_islands_read_each_others_trials_and_the_driver_adopts_them(journal):
@@ -62,9 +67,32 @@ def test_islands_read_each_others_trials_and_the_driver_adopts_them(journal):
 
 def test_a_journal_on_another_host_or_without_the_study_is_a_clear_error(journal, tmp_path):
     _, _, link = journal
-    elsewhere = JournalLink(str(tmp_path / "not-here" / "study.journal.log"), "shared")
+    elsewhere = dataclasses.replace(link, path=str(tmp_path / "not-here" / "study.journal.log"))
     with pytest.raises(JournalUnreachableError, match="worker 2 cannot see the study journal"):
         SharedJournal(elsewhere, 2)
     assert not (tmp_path / "not-here").exists()  # nothing made where the driver is not
+    # Another file at the same path (another host's filesystem, say) is not the driver's.
+    other = tmp_path / "other.journal.log"
+    other.write_bytes(Path(link.path).read_bytes())
+    with pytest.raises(JournalUnreachableError, match="worker 0 cannot see"):
+        SharedJournal(dataclasses.replace(link, path=str(other)), 0)
     with pytest.raises(JournalUnreachableError, match="no study 'other'"):
-        SharedJournal(JournalLink(link.path, "other"), 0)
+        SharedJournal(dataclasses.replace(link, study_name="other"), 0)
+
+
+def test_a_dead_workers_unheard_trials_are_found_by_slot_past_this_searchs_start():
+    def trial(number: int, slot: int, pid: int) -> FrozenTrial:
+        t = _trial(float(number), slot)
+        t.number = number
+        t.set_user_attr(WORKER_ATTR, slot)
+        t.set_user_attr(WORKER_PID_ATTR, pid)
+        return t
+
+    # Trials 0-1 are a resumed run's (slot 1 had pid 7 then too); this search's begin at 2.
+    stored = [trial(0, 1, 7), trial(1, 0, 8), trial(2, 1, 7), trial(3, 0, 9), trial(4, 1, 7),
+              trial(5, 1, 11)]  # fmt: skip
+    # Heard: 2 (streamed) and 4 (a lost trial the driver wrote). Slot 1's replacement (pid 11,
+    # not known yet) appended 5 before it died too.
+    assert [t.number for t in unheard_trials(stored, 2, {2, 4}, 1)] == [5]
+    assert [t.number for t in unheard_trials(stored, 2, {2, 4}, 0)] == [3]
+    assert unheard_trials(stored, 2, {2, 3, 4, 5}, 1) == []

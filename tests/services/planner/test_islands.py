@@ -18,7 +18,7 @@ from optimizer.search.local import SearchError, SearchProgress
 from optimizer.search.seeding import geometric_seed_params
 from optimizer.search.settings import load_score_weights
 from optimizer.search.study import ERROR_ATTR
-from services.planner import driver
+from services.planner import driver, island
 from services.planner.actors import CaseSpec, EvaluatorWorker, search_space
 from services.planner.driver import WORKER_ATTR, WORKER_PID_ATTR, DistributedSearch
 from services.planner.island import IslandError, IslandSettings, IslandTrial, StopAt
@@ -222,15 +222,23 @@ def test_an_island_adopts_another_islands_solutions_and_learns_their_trials(
     assert [type(x) for x in ran if not isinstance(x, SharedBundle)] == [IslandTrial]
 
 
-def test_an_islands_end_is_the_earlier_of_the_wall_clock_and_its_own_count():
-    assert StopAt(time.time() - 1, 60).passed()()
-    assert StopAt(time.time() + 60, 0).passed()()
-    queued = StopAt(time.time() + 60, 0.2)
-    time.sleep(0.3)  # a call queued behind another: counted from its start, not its sending
+def test_an_islands_end_is_the_earlier_of_the_wall_clock_and_its_own_count(monkeypatch):
+    clock = {"wall": 1000.0, "own": 50.0}  # the driver's wall clock; the actor's monotonic
+    monkeypatch.setattr(island.time, "time", lambda: clock["wall"])
+    monkeypatch.setattr(island.time, "monotonic", lambda: clock["own"])
+    assert StopAt(999.0, 60).passed()()
+    assert StopAt(1060.0, 0).passed()()
+    queued = StopAt(1060.0, 20)
+    clock["own"] += 30  # a call queued behind another: counted from its start, not its sending
     passed = queued.passed()
     assert not passed()
-    time.sleep(0.3)
+    clock["own"] += 19.9
+    assert not passed()
+    clock["own"] += 0.1  # its own count ran out first: this host's wall clock lags
     assert passed()
+    lagging = StopAt(1010.0, 60).passed()
+    clock["wall"] += 10  # the wall clock's end first: this host's clock runs ahead or on time
+    assert lagging()
 
 
 def test_an_island_refuses_another_search_space(lesion, ect):
@@ -279,10 +287,11 @@ def test_an_island_that_stops_answering_is_stopped_after_the_grace(ray_cluster, 
     assert "no answer within 2 s" in failed[0].user_attrs[ERROR_ATTR]
 
 
+@pytest.mark.parametrize("kind", STORAGES)
 def test_the_last_island_dying_is_a_clear_error_that_keeps_the_told_trials(
-    ray_cluster, lesion, ect, tmp_path
+    ray_cluster, lesion, ect, tmp_path, kind
 ):
-    url = f"sqlite:///{tmp_path / 'study.db'}"
+    url = storage_url(kind, tmp_path)
     killed: list[int] = []
 
     def kill_after_three(p: SearchProgress) -> None:
@@ -297,7 +306,7 @@ def test_the_last_island_dying_is_a_clear_error_that_keeps_the_told_trials(
                                **QUICK)  # fmt: skip
     with search, pytest.raises(SearchError, match="all 1 workers died"):
         search.run(on_progress=kill_after_three)
-    stored = optuna.load_study(study_name="last", storage=url).trials
+    stored = stored_trials(url, "last")
     complete = [t for t in stored if t.state == TrialState.COMPLETE]
     assert killed and len(complete) >= 3
     assert [t.state for t in stored].count(TrialState.FAIL) == 1  # the one it was evaluating
