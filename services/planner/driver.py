@@ -1169,6 +1169,8 @@ class DistributedSearch:
             self.close()
             raise SearchCancelledError("the search was cancelled while it was being set up")
         self._abandon("not evaluated: search cancelled")
+        if self.island is not None:
+            self.island.settle_cancelled()
         result = self._coarse_result("cancelled", "cancelled before the fine re-evaluation")
         self._report("done", "cancelled")
         return result

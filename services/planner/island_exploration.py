@@ -16,8 +16,8 @@ trials it appended that never reached the driver are read back from the journal)
 starting plans it had not begun go to the other calls; its replacement starts with the whole
 study so far. Under a time limit the stall grace applies as in the driver's modes;
 cancellation kills the workers (their running trials are simply not recorded; with the
-journal shared, a trial an island appends between the cancel and its kill is in the journal
-but not in the cancelled search's report).
+journal shared, the driver waits up to ``CANCEL_SETTLE_S`` for their processes to end and
+records the trials they appended meanwhile; one appended later still is in the journal only).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
 
 # Calls out per worker: one running, one queued, so an actor never waits for the driver.
 PIPELINE_DEPTH = 2
+# How long a cancel waits for the killed islands' processes to end (of its 2 s).
+CANCEL_SETTLE_S = 0.5
 
 
 @dataclass
@@ -86,6 +89,16 @@ def journal_link(search: DistributedSearch) -> JournalLink | None:
     if len(stored) != len(search.study.get_trials(deepcopy=False)):
         return None
     return JournalLink.of(path, search.study.study_name)
+
+
+def _process_running(pid: int) -> bool:
+    """The process exists and is not a zombie (dead, not yet reaped). On this host: the
+    islands share the journal only on a one-host cluster."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def unheard_trials(
@@ -169,6 +182,20 @@ class IslandExploration:
         if self.direct:
             self._adopt()
         return ended
+
+    def settle_cancelled(self, wait_s: float = CANCEL_SETTLE_S) -> None:
+        """After a cancel killed the workers (Ray kills asynchronously): with the journal
+        shared, wait a moment for their processes to end, then record the trials they
+        appended that never reached the driver, so the report counts what the study holds."""
+        if not self.direct:
+            return
+        pids = [w.pid for w in self.pool.workers if w.pid is not None]
+        deadline = time.monotonic() + wait_s
+        while any(_process_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for worker in self.pool.workers:
+            self._appended_unheard(worker)
+        self._adopt()
 
     def _adopt(self) -> None:
         """The islands' trials, from the journal into the driver's study."""

@@ -23,6 +23,7 @@ from services.planner.driver import (
     _ctrl_c_cancels,
 )
 from services.planner.progress import ClusterProgress
+from services.planner.storage import default_storage_url, open_storage
 from tests.services.planner.conftest import QUICK
 
 
@@ -237,11 +238,15 @@ def _run_in_thread(search: DistributedSearch, cancel: threading.Event, started: 
     return thread, box
 
 
-@pytest.mark.parametrize("islands", [False, True], ids=["driver", "islands"])
+@pytest.mark.parametrize(
+    ("islands", "journal"),
+    [(False, False), (True, False), (True, True)],
+    ids=["driver", "islands", "islands-sharing-the-journal"],
+)
 def test_cancellation_stops_within_two_seconds_and_keeps_completed_trials(
-    ray_cluster, lesion, ect, tmp_path, islands
+    ray_cluster, lesion, ect, tmp_path, islands, journal
 ):
-    url = f"sqlite:///{tmp_path / 'study.db'}"
+    url = default_storage_url(tmp_path) if journal else f"sqlite:///{tmp_path / 'study.db'}"
     cancel, going = threading.Event(), threading.Event()
     search = DistributedSearch(lesion, ect, trials=100_000, workers=2, storage_url=url,
                                study_name="cancelled", islands=islands, **QUICK)  # fmt: skip
@@ -255,7 +260,8 @@ def test_cancellation_stops_within_two_seconds_and_keeps_completed_trials(
     result = box["result"]
     assert result.stopped_by == "cancelled"
     assert any("cancelled before the fine re-evaluation" in n for n in result.notes)
-    stored = optuna.load_study(study_name="cancelled", storage=url)
+    assert search.island is None or search.island.direct == journal
+    stored = optuna.load_study(study_name="cancelled", storage=open_storage(url))
     states = [t.state for t in stored.trials]
     assert TrialState.RUNNING not in states
     assert states.count(TrialState.COMPLETE) == sum(r.error is None for r in result.history)
