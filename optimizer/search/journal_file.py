@@ -7,12 +7,15 @@ killed while it holds the link leaves it behind, and every other writer then wai
 30 s grace before breaking it. With island exploration the workers append too, and a search
 kills its workers on a fault or a cancel (which must end within 2 s). The kernel drops a
 ``flock`` with its process. Every writer of one journal must take the same lock, so ectplan
-opens journals only through ``journal_backend``; readers (optuna-dashboard) take none.
+opens journals only through ``journal_backend``. Readers take none; optuna-dashboard writes
+(notes, feedback) with Optuna's own lock, so write from it only while no search runs. Lines
+go in append mode, so even such a writer's line is not overwritten.
 
 A torn line: a process killed in the middle of a write can leave a last line without its
 newline. Optuna's reader skips such a last line, but the next append would glue onto it and
 make the journal unreadable from then on, so each append first cuts it off (it was never a
-whole operation, and no reader ever applied it).
+whole operation, and no reader ever applied it) and pads its first line past the torn length
+(so a reader that had read part of the torn line cannot splice the two).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ LOCK_SUFFIX = ".flock"
 # An append holds the lock for a millisecond or so; a holder past this is a stopped process.
 LOCK_TIMEOUT_S = 60.0
 _POLL_S = 0.002
-_TAIL_BYTES = 1 << 16  # how far back to look for the last whole line
+_TAIL_BYTES = 1 << 16  # chunks in which to look back for the last whole line
 
 
 class JournalLockTimeoutError(OSError):
@@ -50,7 +53,8 @@ class FlockJournalLock(BaseJournalFileLock):
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Read-only is enough for flock; 0o666 lets the umask decide, as for the journal.
+        fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
         deadline = time.monotonic() + self.timeout_s
         try:
             while True:
@@ -92,32 +96,42 @@ class JournalFile(JournalFileBackend):
         self.fsync = fsync
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
-        with get_lock_file(self._lock), open(self._file_path, "r+b") as f:
-            _cut_torn_tail(f)
-            f.seek(0, os.SEEK_END)
-            f.write(text.encode("utf-8"))
+        lines = [json.dumps(log, separators=(",", ":")) for log in logs]
+        # Append mode: a line always lands at the end, even beside a writer without our lock.
+        with get_lock_file(self._lock), open(self._file_path, "a+b") as f:
+            torn = _cut_torn_tail(f)
+            if torn and lines:
+                # A reader that had read part of the torn line could splice it to the start of
+                # a shorter new line; padded (JSON allows trailing blanks) past the torn
+                # length, such a splice is longer than what that reader may read, so dropped.
+                lines[0] = lines[0].ljust(torn + 1)
+            f.write("".join(line + "\n" for line in lines).encode("utf-8"))
             f.flush()
             if self.fsync:
                 os.fsync(f.fileno())
 
 
-def _cut_torn_tail(f: Any) -> None:
+def _cut_torn_tail(f: Any) -> int:
+    """Cut a last line without its newline off the file; its length (0: none)."""
     size = f.seek(0, os.SEEK_END)
     if size == 0:
-        return
+        return 0
     f.seek(size - 1)
     if f.read(1) == b"\n":
-        return
-    start = max(0, size - _TAIL_BYTES)
-    f.seek(start)
-    tail = f.read()
-    cut = tail.rfind(b"\n")
-    # No newline in the last 64 kB: a torn line longer than any operation; keep the file
-    # as it is rather than cut into what may be whole lines (Optuna will say it is broken).
-    if cut < 0 and start > 0:
-        return
-    f.truncate(start + cut + 1)
+        return 0
+    end = size  # look back chunk by chunk for the last newline (only when a line is torn)
+    while end > 0:
+        start = max(0, end - _TAIL_BYTES)
+        f.seek(start)
+        cut = f.read(end - start).rfind(b"\n")
+        if cut >= 0:
+            keep = start + cut + 1
+            break
+        end = start
+    else:
+        keep = 0  # the whole file is one torn line
+    f.truncate(keep)
+    return size - keep
 
 
 def journal_backend(journal: str | Path, *, fsync: bool = True) -> JournalFile:

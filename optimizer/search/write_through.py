@@ -233,12 +233,14 @@ class WriteThroughStorage(BaseStorage):
             raise DurableWriteError(
                 f"the stored trials could not be read ({type(exc).__name__}: {exc})"
             ) from exc
-        new = [t for t in stored[self._durable_seen[study_id] :] if t.state.is_finished()]
-        for trial in new:
-            self._trial_study[self.memory.create_new_trial(study_id, trial)] = study_id
-        self._written[study_id] += len(new)
-        self._durable_seen[study_id] = len(stored)
-        return len(new)
+        adopted = 0
+        for trial in stored[self._durable_seen[study_id] :]:
+            if trial.state.is_finished():
+                self._trial_study[self.memory.create_new_trial(study_id, trial)] = study_id
+                self._written[study_id] += 1  # one at a time: an interrupt leaves them in step
+                adopted += 1
+            self._durable_seen[study_id] += 1
+        return adopted
 
     def flush(self) -> int:
         """Write every finished trial still waiting for an earlier one; returns the count."""

@@ -359,7 +359,7 @@ class DistributedSearch:
         )
         self._stall_seen = False  # a wait was cut short by the grace (not merely the clock)
         self._all_died: str | None = None  # every worker died in the fine re-evaluation
-        self.island: IslandExploration | None = None  # islands: while exploring
+        self.island: IslandExploration | None = None  # islands: from exploration on
 
     @property
     def exploration(self) -> str:

@@ -4,9 +4,9 @@ Each live worker has up to ``PIPELINE_DEPTH`` calls out (``EvaluatorWorker.explo
 running, one queued behind it), each of at most ``TRIALS_PER_CALL`` trials. As a call streams
 its trials, the driver keeps the best and, unless the islands share the study's journal
 themselves (``journal_link``; then they are stored already and the driver adopts them into its
-study when exploration ends), adds each to the stored study (a new number there) and queues it
-for every other worker's next call. The starting plans (the library's and the geometric seeds)
-are dealt out to the calls in order, first come first served.
+study as each call's trials arrive), adds each to the stored study (a new number there) and
+queues it for every other worker's next call. The starting plans (the library's and the
+geometric seeds) are dealt out to the calls in order, first come first served.
 
 Budget: the trial budget counts trials handed to calls; those a call did not run (its island
 stopped at the end of exploration, or its worker died) are handed back. A worker that dies
@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import signal
 import time
 from collections import Counter, deque
 from collections.abc import Container, Sequence
@@ -189,13 +191,20 @@ class IslandExploration:
         appended that never reached the driver, so the report counts what the study holds."""
         if not self.direct:
             return
-        pids = [w.pid for w in self.pool.workers if w.pid is not None]
-        deadline = time.monotonic() + wait_s
-        while any(_process_running(pid) for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self._wait_for_exit(self.pool.workers, wait_s)
         for worker in self.pool.workers:
             self._appended_unheard(worker)
         self._adopt()
+
+    def _wait_for_exit(self, workers: Sequence[Worker], wait_s: float = CANCEL_SETTLE_S) -> None:
+        """With the journal shared: wait (at most ``wait_s``) for these killed workers'
+        processes to end, so that what they appended is all there to read."""
+        if not self.direct:
+            return
+        pids = [w.pid for w in workers if w.pid is not None]
+        deadline = time.monotonic() + wait_s
+        while any(_process_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _adopt(self) -> None:
         """The islands' trials, from the journal into the driver's study."""
@@ -463,10 +472,17 @@ class IslandExploration:
             return
         search._stall_seen = True
         message = search._stall_message("not evaluated")
+        # All killed first: a stopped process may hold the journal's lock, which the lost
+        # trials' writes then wait for (the kernel drops it with the process). Ray takes ~5 s
+        # to end a stopped actor; with the journal shared the process is on this host, so
+        # it is killed at once as well.
         for worker in silent:
-            # Killed first: a stopped process may hold the journal's lock, which the lost
-            # trial's write then waits for (the kernel drops it with the process).
             self.pool.retire(worker)
+            if self.direct and worker.pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(worker.pid, signal.SIGKILL)
+        self._wait_for_exit(silent)
+        for worker in silent:
             self._drop_calls(worker, message)
         search.notes.append(
             search._stall_message(

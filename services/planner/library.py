@@ -8,8 +8,9 @@ Layout::
       cases/<case_id>/      everything ``ectplan evaluate`` writes, plus plan.json, search.json
       studies/<case_id>.journal.log
                             the case's Optuna study (default journal storage; one file a case,
-                            so parallel cases never share a lock; a library made by an earlier
-                            version keeps its SQLite <case_id>.db)
+                            so parallel cases never share a lock, <case_id>.journal.log.flock
+                            beside it; a library made by an earlier version keeps its SQLite
+                            <case_id>.db)
       library_report.html   the library report (services.planner.library_report)
 
 Query it from Python::

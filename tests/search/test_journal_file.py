@@ -29,7 +29,9 @@ time.sleep(60)
 TAKE = """
 import sys
 from optimizer.search.journal_file import FlockJournalLock
-FlockJournalLock(sys.argv[1]).acquire()
+lock = FlockJournalLock(sys.argv[1])
+print("ready", flush=True)
+lock.acquire()
 print("took", flush=True)
 """
 
@@ -56,7 +58,8 @@ def test_a_writer_killed_holding_the_lock_does_not_block_the_others(tmp_path):
         # While it holds the lock, another writer waits.
         waiting = subprocess.Popen([sys.executable, "-c", TAKE, journal], stdout=subprocess.PIPE,
                                    text=True)  # fmt: skip
-        time.sleep(1.5)
+        assert waiting.stdout is not None and waiting.stdout.readline().strip() == "ready"
+        time.sleep(1.0)  # past its imports: trying to take the lock
         assert waiting.poll() is None
         # Killed holding it: the kernel drops its lock, and the waiting writer has it at once
         # (Optuna's symlink lock would make it wait 30 s).
@@ -97,9 +100,28 @@ def test_appends_take_ectplans_lock_and_cut_a_torn_last_line(tmp_path):
     # ... and the next append cuts it off instead of gluing onto it.
     fresh.append_logs([{"op": 4}])
     assert list(journal_backend(journal).read_logs(0)) == [{"op": 1}, {"op": 2}, {"op": 4}]
-    assert journal.read_bytes().endswith(b'{"op":2}\n{"op":4}\n')
+    torn = len(b'{"op":3,"half')
+    assert journal.read_bytes().split(b"\n")[-3:] == [b'{"op":2}', b'{"op":4}'.ljust(torn + 1), b""]
+    # The line after a cut is padded past the torn length: no reader can splice the two.
+    with journal.open("ab") as f:
+        f.write(b'{"op":5,"a torn line longer than the next"')
+    fresh.append_logs([{"op": 6}])
+    last = journal.read_bytes().split(b"\n")[-2]
+    assert last.startswith(b'{"op":6}') and len(last) > len(b'{"op":5,"a torn line longer than')
+    assert list(journal_backend(journal).read_logs(0))[-1] == {"op": 6}
     with pytest.raises(RuntimeError, match="is not held"):
         FlockJournalLock(journal).release()
+
+
+def test_a_torn_line_longer_than_a_chunk_or_the_whole_file_is_cut(tmp_path):
+    journal = tmp_path / "study.journal.log"
+    journal.write_bytes(b'{"op":1}\n' + b"x" * (3 * 65536 + 7))
+    journal_backend(journal).append_logs([{"op": 2}])
+    assert [log["op"] for log in journal_backend(journal).read_logs(0)] == [1, 2]
+    alone = tmp_path / "alone.journal.log"
+    alone.write_bytes(b'{"op":1,"ha')
+    journal_backend(alone).append_logs([{"op": 3}])
+    assert list(journal_backend(alone).read_logs(0)) == [{"op": 3}]
 
 
 def test_writers_naming_the_journal_through_a_link_share_its_lock(tmp_path):

@@ -248,7 +248,12 @@ def test_an_island_refuses_another_search_space(lesion, ect):
         next(worker.explore(settings, 3, 0, 1, (), (), (), None))
 
 
-def test_an_island_that_stops_answering_is_stopped_after_the_grace(ray_cluster, lesion, ect):
+@pytest.mark.parametrize("kind", ["memory", "journal"])
+def test_an_island_that_stops_answering_is_stopped_after_the_grace(
+    ray_cluster, lesion, ect, tmp_path, kind
+):
+    # With the journal shared, a stopped island may hold its lock: it is killed outright.
+    url = None if kind == "memory" else storage_url(kind, tmp_path)
     stopped: list[int] = []
 
     def stop_island_1(p: SearchProgress) -> None:
@@ -263,7 +268,7 @@ def test_an_island_that_stops_answering_is_stopped_after_the_grace(ray_cluster, 
     watchdog = threading.Event()  # a broken stall path would wait for ever: fail instead
     timer = threading.Timer(120, watchdog.set)
     search = DistributedSearch(lesion, ect, trials=None, time_limit_s=20, workers=2, seed=0,
-                               islands=True, **QUICK)  # fmt: skip
+                               islands=True, storage_url=url, **QUICK)  # fmt: skip
     search.stall_grace_s = 2.0
     timer.start()
     try:
@@ -285,6 +290,7 @@ def test_an_island_that_stops_answering_is_stopped_after_the_grace(ray_cluster, 
     failed = [t for t in search.study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].user_attrs[WORKER_ATTR] == 1
     assert "no answer within 2 s" in failed[0].user_attrs[ERROR_ATTR]
+    assert search.island is not None and search.island.direct == (kind == "journal")
 
 
 @pytest.mark.parametrize("kind", STORAGES)
