@@ -49,8 +49,9 @@ from services.planner.actors import EVAL_SECONDS_ATTR, WORKER_ATTR, WORKER_PID_A
 from services.planner.island_journal import JournalLink, SharedJournal
 from services.planner.unit_sharing import DEFAULT_SHARED_BYTES
 
-# Trials per call: the others' trials reach an island with its next call, so a call is short
-# (a few evaluations); the streamed trials make a death cost one trial whatever the length.
+# Trials per call: relayed, the others' trials reach an island with its next call, so a call
+# is short (a few evaluations). A death costs one trial whatever the length: each trial is
+# streamed to the driver, or in the journal, as soon as it is told.
 TRIALS_PER_CALL = 4
 # Sampler seeds of different islands and of a slot's replacements (primes: no overlap).
 _SLOT_STRIDE = 7919
