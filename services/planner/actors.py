@@ -45,6 +45,7 @@ from optimizer.evaluate.protocol import Protocol
 from optimizer.field.errors import SolverError
 from optimizer.search.space import SearchSpace
 from optimizer.tissue.table import TissueTable
+from services.planner.unit_folder import UnitFolder
 from services.planner.unit_sharing import SharedBundle, SharedUnits, adopt, solved_bundle
 
 if TYPE_CHECKING:
@@ -153,6 +154,7 @@ class EvaluatorWorker:
         self._fine: PlanEvaluator | None = None  # built on first use: most actors never need it
         self._island: Island | None = None  # built on the first ``explore`` call
         self._island_units = SharedUnits()  # the other islands' pair solutions
+        self._folder: UnitFolder | None = None  # or the folder they are shared through
         ready = time.perf_counter()
         if warm_plan is not None:
             self._warm_up(warm_plan)
@@ -253,8 +255,9 @@ class EvaluatorWorker:
         on the coarse grid and tell up to ``count`` trials, yielding each as it is told (with
         ``settings.journal``: reading the others' trials from the journal and appending each
         told one there, and yielding them all in one list at the end), and last the bundle of
-        the pairs solved in this call when ``settings.share_units``. Call with
-        ``num_returns="streaming"``."""
+        the pairs solved in this call when ``settings.share_units`` (with ``settings.units``,
+        the pairs go through that folder instead, as each trial needs and solves them). Call
+        with ``num_returns="streaming"``."""
         from services.planner.island import Island  # it imports this module
 
         if self._island is None:
@@ -267,8 +270,16 @@ class EvaluatorWorker:
         for b in bundles:
             self._island_units.add(b.owner, b.ref, b.keys, b.nbytes)
         solved: list[str] = []
+        folder = self._unit_folder(settings, slot)
 
         def evaluate(plan: Plan) -> Reply:
+            if folder is not None:  # the others' solutions at once, this one's for them
+                started = time.perf_counter()
+                taken = folder.take(self.coarse, plan.pair_geometry_hashes())
+                took = time.perf_counter() - started
+                reply, keys = self._evaluate(plan, "coarse", None)
+                folder.publish(self.coarse, keys)
+                return dataclasses.replace(reply, seconds=reply.seconds + took, adopted_pairs=taken)
             shared = self._island_units.for_keys(plan.pair_geometry_hashes())
             reply, keys = self._evaluate(plan, "coarse", shared)
             solved.extend(keys)
@@ -284,6 +295,15 @@ class EvaluatorWorker:
         if settings.share_units and (bundle := solved_bundle(self.coarse, solved)):
             nbytes = sum(c.nbytes for c in bundle.values())
             yield SharedBundle((slot, restarts), ray.put(bundle), tuple(bundle), nbytes)
+
+    def _unit_folder(self, settings: IslandSettings, slot: int) -> UnitFolder | None:
+        """This actor's use of the search's unit folder (None: bundles, or no sharing)."""
+        link = settings.units if settings.share_units else None
+        if link is None:
+            return None
+        if self._folder is None or self._folder.link != link:
+            self._folder = UnitFolder(link, slot)
+        return self._folder
 
     def evaluate_with_fields(self, plan: Plan, fidelity: Fidelity = "fine") -> EvaluatedPlan:
         """The evaluation with every pair's field (tens of MB on the fine grid): only for the

@@ -47,6 +47,7 @@ from optimizer.search.study import (
 )
 from services.planner.actors import EVAL_SECONDS_ATTR, WORKER_ATTR, WORKER_PID_ATTR, Reply
 from services.planner.island_journal import JournalLink, SharedJournal
+from services.planner.unit_folder import UnitFolderLink
 from services.planner.unit_sharing import DEFAULT_SHARED_BYTES
 
 # Trials per call: relayed, the others' trials reach an island with its next call, so a call
@@ -79,6 +80,10 @@ class IslandSettings:
     # Islands append their trials to this journal and read each other's there
     # (services.planner.island_journal); None: the driver relays them.
     journal: JournalLink | None = None
+    # With ``share_units`` on a one-host cluster: the folder through which islands hand each
+    # other their pair solutions as soon as solved (services.planner.unit_folder); None: in
+    # bundles through Ray's object store, one call late (services.planner.unit_sharing).
+    units: UnitFolderLink | None = None
 
 
 @dataclass(frozen=True)

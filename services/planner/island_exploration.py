@@ -53,7 +53,8 @@ from services.planner.island import (
 from services.planner.island_journal import JournalLink
 from services.planner.pool import POLL_S, Worker
 from services.planner.progress import InFlight
-from services.planner.unit_sharing import SharedBundle
+from services.planner.unit_folder import UnitFolderLink
+from services.planner.unit_sharing import DEFAULT_SHARED_BYTES, SharedBundle
 
 if TYPE_CHECKING:
     from services.planner.driver import DistributedSearch
@@ -82,15 +83,27 @@ def journal_link(search: DistributedSearch) -> JournalLink | None:
     relays the trials."""
     path = journal_path(search.storage_url) if search.storage_url else None
     storage = search.study._storage
-    if path is None or not isinstance(storage, WriteThroughStorage):
-        return None
-    here = ray.util.get_node_ip_address()
-    if any(n.get("NodeManagerAddress") != here for n in ray.nodes() if n.get("Alive")):
+    if path is None or not isinstance(storage, WriteThroughStorage) or not one_host():
         return None
     stored = storage.durable_trials(search.study._study_id)
     if len(stored) != len(search.study.get_trials(deepcopy=False)):
         return None
     return JournalLink.of(path, search.study.study_name)
+
+
+def one_host() -> bool:
+    """Every live node of the cluster is this host: every actor sees this host's files."""
+    here = ray.util.get_node_ip_address()
+    return all(n.get("NodeManagerAddress") == here for n in ray.nodes() if n.get("Alive"))
+
+
+def unit_folder(search: DistributedSearch) -> UnitFolderLink | None:
+    """A new folder for the islands' pair solutions when they share them and every actor runs
+    on this host (``services.planner.unit_folder``); None: they share them in bundles through
+    Ray's object store, or not at all."""
+    if not search.share_units or not one_host():
+        return None
+    return UnitFolderLink.create(DEFAULT_SHARED_BYTES, islands=search.workers)
 
 
 def _process_running(pid: int) -> bool:
@@ -130,6 +143,7 @@ class IslandExploration:
             signature=search.space.signature(),
             share_units=search.share_units,
             journal=journal_link(search),
+            units=unit_folder(search),
         )
         # Islands that append to the journal themselves: the driver relays no trial.
         self.direct = self.settings.journal is not None
@@ -181,6 +195,9 @@ class IslandExploration:
                 with contextlib.suppress(Exception):
                     self._adopt()
             raise
+        finally:
+            if self.settings.units is not None:  # no island starts a trial after this
+                self.settings.units.remove()
         if self.direct:
             self._adopt()
         return ended
@@ -188,18 +205,22 @@ class IslandExploration:
     def settle_cancelled(self, wait_s: float = CANCEL_SETTLE_S) -> None:
         """After a cancel killed the workers (Ray kills asynchronously): with the journal
         shared, wait a moment for their processes to end, then record the trials they
-        appended that never reached the driver, so the report counts what the study holds."""
+        appended that never reached the driver, so the report counts what the study holds.
+        The unit folder goes again: a killed island may have written to it meanwhile."""
+        self._wait_for_exit(self.pool.workers, wait_s)
+        if self.settings.units is not None:
+            self.settings.units.remove()
         if not self.direct:
             return
-        self._wait_for_exit(self.pool.workers, wait_s)
         for worker in self.pool.workers:
             self._appended_unheard(worker)
         self._adopt()
 
     def _wait_for_exit(self, workers: Sequence[Worker], wait_s: float = CANCEL_SETTLE_S) -> None:
-        """With the journal shared: wait (at most ``wait_s``) for these killed workers'
-        processes to end, so that what they appended is all there to read."""
-        if not self.direct:
+        """On a one-host cluster (the journal or the unit folder shared): wait (at most
+        ``wait_s``) for these killed workers' processes to end, so that what they appended
+        is all there to read and nothing more is written."""
+        if not self.direct and self.settings.units is None:
             return
         pids = [w.pid for w in workers if w.pid is not None]
         deadline = time.monotonic() + wait_s

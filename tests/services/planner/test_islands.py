@@ -18,12 +18,13 @@ from optimizer.search.local import SearchError, SearchProgress
 from optimizer.search.seeding import geometric_seed_params
 from optimizer.search.settings import load_score_weights
 from optimizer.search.study import ERROR_ATTR
-from services.planner import driver, island
+from services.planner import driver, island, island_exploration
 from services.planner.actors import CaseSpec, EvaluatorWorker, search_space
 from services.planner.driver import WORKER_ATTR, WORKER_PID_ATTR, DistributedSearch
 from services.planner.island import IslandError, IslandSettings, IslandTrial, StopAt
 from services.planner.progress import ClusterProgress
 from services.planner.storage import default_storage_url, open_storage
+from services.planner.unit_folder import UnitFolderLink
 from services.planner.unit_sharing import SharedBundle
 from tests.services.planner.conftest import LESION_MARGIN_MM, QUICK
 
@@ -42,9 +43,11 @@ def stored_trials(url: str, name: str) -> list[FrozenTrial]:
 
 @pytest.mark.parametrize("kind", STORAGES)
 def test_two_islands_share_one_study_and_find_a_passing_plan(
-    ray_cluster, lesion, ect, tmp_path, kind
+    ray_cluster, lesion, ect, tmp_path, kind, monkeypatch
 ):
     url = storage_url(kind, tmp_path)
+    if kind == "sqlite":  # as on a cluster of several hosts: pair solutions in Ray's store
+        monkeypatch.setattr(island_exploration, "one_host", lambda: False)
     seen: list[ClusterProgress] = []
     with DistributedSearch(lesion, ect, trials=40, workers=2, seed=0, islands=True,
                            storage_url=url, study_name="islands", **QUICK) as search:  # fmt: skip
@@ -72,8 +75,15 @@ def test_two_islands_share_one_study_and_find_a_passing_plan(
     assert seen[-1].phase == "done" and seen[-1].trials_done == 40
     assert not search.reproducible
     # The islands handed each other the pair solutions they solved (whether a later plan
-    # needed one depends on timing: ``test_an_island_adopts_another_islands_solutions``).
-    assert search.share_units and search.island is not None and search.island.bundles_handed
+    # needed one depends on timing: ``test_an_island_adopts_another_islands_solutions``):
+    # on this one host through a folder, removed at the end; else in Ray's object store.
+    assert search.share_units and search.island is not None
+    units = search.island.settings.units
+    if kind == "journal":
+        assert units is not None and not os.path.exists(units.path)
+        assert search.island.bundles_handed == 0
+    else:
+        assert units is None and search.island.bundles_handed
     # Each island asked its latest plan knowing trials of the other (its study held more
     # trials than it had sent before that one).
     island = search.island
@@ -220,6 +230,28 @@ def test_an_island_adopts_another_islands_solutions_and_learns_their_trials(
     assert list(second.explore(settings, 1, 0, 2, seeds, (), (), StopAt(time.time() + 60, 0))) == []
     ran = list(second.explore(settings, 1, 0, 1, seeds, (), (), StopAt(time.time() + 60, 60)))
     assert [type(x) for x in ran if not isinstance(x, SharedBundle)] == [IslandTrial]
+
+
+def test_islands_on_one_host_take_each_others_solutions_from_the_folder_at_once(
+    ray_cluster, lesion, ect
+):
+    spec = CaseSpec(2.0, 2.0, LESION_MARGIN_MM)
+    first, second = (EvaluatorWorker(lesion, ect, spec) for _ in range(2))
+    space = search_space(first.coarse_case, first.fine_case, ect)
+    link = UnitFolderLink.create(max_bytes=1 << 30, islands=2)
+    settings = IslandSettings("niche-ga", 0, False, load_score_weights(), space.signature(),
+                              share_units=True, units=link)  # fmt: skip
+    try:
+        seeds = geometric_seed_params(space)[:1]
+        (out,) = first.explore(settings, 0, 0, 1, seeds, (), (), None)  # no bundle after it
+        assert isinstance(out, IslandTrial) and out.trial is not None and out.solved_pairs > 0
+        assert out.adopted_pairs == 0 and len(os.listdir(link.path)) == out.solved_pairs
+        (again,) = second.explore(settings, 1, 0, 1, seeds, (), (), None)
+        assert isinstance(again, IslandTrial) and again.solved_pairs == 0
+        assert again.adopted_pairs == again.reused_pairs == out.solved_pairs
+        assert again.record.score == out.record.score
+    finally:
+        link.remove()
 
 
 def test_an_islands_end_is_the_earlier_of_the_wall_clock_and_its_own_count(monkeypatch):

@@ -1,0 +1,210 @@
+"""Pair solutions shared between islands on one host through a folder, as soon as solved.
+
+Why: islands (``services.planner.island``) breed their plans from each other's trials, so an
+island often needs a pair geometry the other just solved. Through Ray's object store
+(``services.planner.unit_sharing``) a solution reaches the other island only after the call
+that solved it ends and the driver hands its reference on with that island's next call: 4-8
+trials late, when the child that needed it has mostly been evaluated already. Measured on
+prostatex-0000 (ECT, 1200 trials, 2 islands on the 2-core machine): 0.43-0.47 solves per trial
+that way, 0.36-0.40 through a folder, and Ray's raylet spent ~4 % of a core storing the bundles
+(under 1 % without them).
+
+How: when every Ray node is the driver's host, the driver creates a private folder (mode 0700;
+in /dev/shm when it has room, so nothing reaches a disk) and removes it when exploration ends.
+An island writes each pair it solved there as one file named by its geometry hash (written to
+a temporary name and renamed into place, so a reader never sees half a file), and before it
+evaluates a plan it reads the pairs its cache lacks that another island wrote. Each island
+keeps at most its share of the byte budget in the folder, removing its oldest files first. A
+file that is missing or unreadable only means that pair is solved again: sharing saves time,
+it never decides a result (a shared solution is the one the writer computed for the same
+geometry, exactly what the reader would have computed).
+
+The files are raw arrays behind a small JSON header, not pickles: reading one runs no code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from optimizer.evaluate.evaluator import CachedUnit, PlanEvaluator
+from optimizer.field.solve import UnitSolution
+
+_MAGIC = b"ECTUNIT1"
+_LENGTH = struct.Struct("<I")
+# /dev/shm is used when it has this many times the budget free (a container's is often 64 MB).
+_SHM_HEADROOM = 4
+
+
+class UnitFolderUnreachableError(RuntimeError):
+    """An actor cannot see the driver's unit folder (it runs on another host)."""
+
+
+@dataclass(frozen=True)
+class UnitFolderLink:
+    """The folder of one search: its path, its identity (device and inode, so that another
+    folder at the same path on another host is not taken for it) and each island's share of
+    the byte budget."""
+
+    path: str
+    identity: tuple[int, int]
+    max_bytes_each: int
+
+    @classmethod
+    def create(cls, max_bytes: int, islands: int, root: str | None = None) -> UnitFolderLink:
+        """A new private folder for ``islands`` islands sharing ``max_bytes`` in all."""
+        path = tempfile.mkdtemp(prefix="ectplan-units-", dir=root or _fast_root(max_bytes))
+        stat = os.stat(path)
+        return cls(path, (stat.st_dev, stat.st_ino), max(1, max_bytes // max(1, islands)))
+
+    def remove(self) -> None:
+        """Delete the folder and what is in it (an island still writing then fails quietly)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _fast_root(max_bytes: int) -> str | None:
+    """/dev/shm when it is writable and has room for the budget several times over, else the
+    system's temporary folder (None)."""
+    shm = "/dev/shm"
+    try:
+        stat = os.statvfs(shm)
+    except OSError:
+        return None
+    if os.access(shm, os.W_OK) and stat.f_bavail * stat.f_frsize >= _SHM_HEADROOM * max_bytes:
+        return shm
+    return None
+
+
+def write_unit(path: Path, key: str, cached: CachedUnit) -> int:
+    """Write one unit solution (atomically: a temporary name, then renamed); its bytes."""
+    s = cached.solution
+    potential = np.ascontiguousarray(s.potential_V)
+    field = np.ascontiguousarray(s.field_V_per_cm)
+    header = json.dumps(
+        {
+            "key": key,
+            "anode_geometry": cached.anode_geometry,
+            "anode_current_A": s.anode_current_A,
+            "cathode_current_A": s.cathode_current_A,
+            "iterations": s.iterations,
+            "relative_residual": s.relative_residual,
+            "backend": s.backend,
+            "solution_key": s.key,
+            "potential": [potential.dtype.str, list(potential.shape)],
+            "field": [field.dtype.str, list(field.shape)],
+        }
+    ).encode()
+    target = path / key
+    temporary = path / f".{key}.{os.getpid()}.tmp"
+    with open(temporary, "wb") as f:
+        f.write(_MAGIC + _LENGTH.pack(len(header)) + header)
+        f.write(potential.data)
+        f.write(field.data)
+    os.replace(temporary, target)
+    return len(_MAGIC) + _LENGTH.size + len(header) + potential.nbytes + field.nbytes
+
+
+def read_unit(file: Path, key: str, grid_shape: tuple[int, ...]) -> CachedUnit:
+    """Read one unit solution; ValueError when the file is not one for ``key`` on a grid of
+    ``grid_shape`` (OSError when it cannot be read)."""
+    data = bytearray(file.read_bytes())  # writable: the arrays below are views of it
+    start = len(_MAGIC) + _LENGTH.size
+    if data[: len(_MAGIC)] != _MAGIC or len(data) < start:
+        raise ValueError(f"{file} is not a unit solution")
+    (length,) = _LENGTH.unpack_from(data, len(_MAGIC))
+    header = json.loads(data[start : start + length])
+    if header.get("key") != key:
+        raise ValueError(f"{file} holds pair {header.get('key')!r}, not {key!r}")
+    offset = start + length
+    arrays = []
+    for name in ("potential", "field"):
+        dtype_str, shape = header[name]
+        dtype = np.dtype(dtype_str)
+        count = int(np.prod(shape))
+        if offset + count * dtype.itemsize > len(data):
+            raise ValueError(f"{file} is shorter than its header says")
+        arrays.append(np.frombuffer(data, dtype, count, offset).reshape(shape))
+        offset += count * dtype.itemsize
+    potential, field = arrays
+    if potential.shape != tuple(grid_shape):
+        raise ValueError(f"{file} is on a {potential.shape} grid, not {tuple(grid_shape)}")
+    solution = UnitSolution(
+        potential_V=potential,
+        field_V_per_cm=field,
+        anode_current_A=float(header["anode_current_A"]),
+        cathode_current_A=float(header["cathode_current_A"]),
+        iterations=int(header["iterations"]),
+        relative_residual=float(header["relative_residual"]),
+        backend=str(header["backend"]),
+        key=str(header["solution_key"]),
+    )
+    return CachedUnit(solution, str(header["anode_geometry"]))
+
+
+class UnitFolder:
+    """One island's use of the search's unit folder."""
+
+    def __init__(self, link: UnitFolderLink, slot: int) -> None:
+        try:
+            stat = os.stat(link.path)
+            same = (stat.st_dev, stat.st_ino) == link.identity
+        except OSError:
+            same = False
+        if not same:
+            raise UnitFolderUnreachableError(
+                f"worker {slot} cannot see the driver's unit folder {link.path} (it runs on "
+                "another host than the driver); islands share pair solutions through a folder "
+                "only where every worker runs on the driver's host"
+            )
+        self.link = link
+        self.path = Path(link.path)
+        self.own: OrderedDict[str, int] = OrderedDict()  # files this island wrote: bytes
+        self.own_bytes = 0
+        self.write_errors = 0
+
+    def take(self, evaluator: PlanEvaluator, keys: Iterable[str]) -> int:
+        """Adopt the pairs of ``keys`` the evaluator's cache lacks that another island wrote;
+        returns how many."""
+        shape = evaluator.anatomy.grid.shape
+        taken = 0
+        for key in keys:
+            if evaluator.cached_unit(key) is not None:
+                continue
+            try:
+                cached = read_unit(self.path / key, key, shape)
+            except (OSError, ValueError, KeyError, TypeError):  # not there, or unreadable
+                continue
+            if evaluator.adopt_unit(key, cached):
+                taken += 1
+        return taken
+
+    def publish(self, evaluator: PlanEvaluator, keys: Iterable[str]) -> None:
+        """Write the pairs of ``keys`` this island solved (still in its cache), then remove its
+        oldest files beyond its share of the budget. A failed write (the folder removed at the
+        end of exploration, a full disk) only leaves that pair unshared."""
+        for key in keys:
+            cached = evaluator.cached_unit(key)
+            if cached is None or key in self.own:
+                continue
+            try:
+                nbytes = write_unit(self.path, key, cached)
+            except OSError:
+                self.write_errors += 1
+                continue
+            self.own[key] = nbytes
+            self.own_bytes += nbytes
+        while self.own_bytes > self.link.max_bytes_each and self.own:
+            old, nbytes = self.own.popitem(last=False)
+            self.own_bytes -= nbytes
+            with contextlib.suppress(OSError):  # already gone: the end of exploration
+                os.unlink(self.path / old)
