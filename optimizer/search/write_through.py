@@ -37,6 +37,34 @@ _JSON = Any
 DURABLE_ERRORS = (OSError, StorageInternalError, SQLAlchemyError)
 
 
+def _rebuilt(cls: type[FrozenTrial], trial: FrozenTrial, copy: bool) -> FrozenTrial:
+    def own(d: dict[Any, Any]) -> dict[Any, Any]:
+        return dict(d) if copy else d
+
+    return cls(
+        number=trial.number, state=trial.state, value=None, values=trial.values,
+        datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete,
+        params=own(trial.params), distributions=own(trial.distributions),
+        user_attrs=own(trial.user_attrs), system_attrs=own(trial.system_attrs),
+        intermediate_values=own(trial.intermediate_values), trial_id=trial._trial_id,
+    )  # fmt: skip
+
+
+class _CheapToCopy(FrozenTrial):
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenTrial:
+        return _rebuilt(FrozenTrial, self, copy=True)
+
+
+def finished_template(trial: FrozenTrial) -> FrozenTrial:
+    """A finished trial as a template for an in-memory study (``add_trial``,
+    ``create_new_trial``), which deep-copies its template: this one copies its dictionaries
+    only, sharing the values in them (numbers, strings, distributions, attribute lists).
+    ~0.3 ms less per trial for the driver adopting the islands' trials and for an island
+    adding the others', beside the evaluations on a small machine. Safe for a finished trial,
+    which no one changes in place afterwards."""
+    return _rebuilt(_CheapToCopy, trial, copy=False)
+
+
 class DurableWriteError(Exception):
     """The durable storage refused a finished trial; it holds every trial written before.
     Not a RuntimeError: callers that ignore Optuna's errors for a trial already finished
@@ -236,7 +264,8 @@ class WriteThroughStorage(BaseStorage):
         adopted = 0
         for trial in stored[self._durable_seen[study_id] :]:
             if trial.state.is_finished():
-                self._trial_study[self.memory.create_new_trial(study_id, trial)] = study_id
+                trial_id = self.memory.create_new_trial(study_id, finished_template(trial))
+                self._trial_study[trial_id] = study_id
                 self._written[study_id] += 1  # one at a time: an interrupt leaves them in step
                 adopted += 1
             self._durable_seen[study_id] += 1

@@ -45,6 +45,7 @@ from optimizer.search.study import (
     tell,
     tell_error,
 )
+from optimizer.search.write_through import finished_template
 from services.planner.actors import EVAL_SECONDS_ATTR, WORKER_ATTR, WORKER_PID_ATTR, Reply
 from services.planner.island_journal import JournalLink, SharedJournal
 from services.planner.unit_folder import UnitFolderLink
@@ -158,7 +159,7 @@ class Island:
     def absorb(self, trials: Sequence[FrozenTrial]) -> None:
         """Add other islands' finished trials (and a resumed study's) to this history."""
         for t in trials:
-            self.study.add_trial(t)
+            self.study.add_trial(finished_template(t))
 
     def run(
         self,

@@ -19,10 +19,12 @@ How:
   cache hits. A reference it cannot read (the object was lost, say with its node) is skipped:
   the pair is solved as before.
 
-Islands (``services.planner.island``) share differently: each island ``ray.put``s the pairs it
-solved in a call (it owns that object, which dies with it), the driver hands the reference on
-to the other islands with their next call (``SharedBundle``), and each island keeps its own
-``SharedUnits`` index of them, adopting what a plan needs as above.
+Islands (``services.planner.island``) share differently. When every actor runs on the
+driver's host they write and read the pairs through a folder, at once
+(``services.planner.unit_folder``). Otherwise each island ``ray.put``s the pairs it solved in a
+call (it owns that object, which dies with it), the driver hands the reference on to the other
+islands with their next call (``SharedBundle``), and each island keeps its own ``SharedUnits``
+index of them, adopting what a plan needs as above.
 
 A shared solution is the one its owner computed for the same pair geometry, exactly what that
 actor's cache would have served. In reproducible order the driver registers references when

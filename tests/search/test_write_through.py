@@ -9,9 +9,13 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage, get_storage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from optimizer.search.write_through import DurableWriteError, WriteThroughStorage
+from optimizer.search.write_through import (
+    DurableWriteError,
+    WriteThroughStorage,
+    finished_template,
+)
 
 DISTRIBUTIONS = {"x": FloatDistribution(0.0, 1.0), "n": IntDistribution(2, 6)}
 
@@ -136,3 +140,26 @@ def test_a_failed_write_is_kept_for_a_retry_in_number_order(tmp_path):
     assert study._storage.flush() == 2
     stored = _stored(JournalStorage(JournalFileBackend(str(path))))
     assert [(t.number, t.value) for t in stored] == [(0, 0.5), (1, 0.25), (2, 0.75)]
+
+
+def test_a_finished_template_copies_into_memory_cheaply_and_whole():
+    trial = optuna.trial.create_trial(
+        params={"x": 0.5, "n": 3},
+        distributions={"x": FloatDistribution(0, 1), "n": IntDistribution(2, 6)},
+        values=[1.25],
+        user_attrs={"score_parts": {"coverage": 1.0}, "failed_required": ["rectum"]},
+        system_attrs={"fixed_params": {"n": 3}},
+        intermediate_values={0: 2.0},
+    )
+    memory = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    memory.add_trial(finished_template(trial))
+    memory.add_trial(trial)  # Optuna's own deep copy, for comparison
+    cheap, deep = memory.trials
+    assert type(cheap) is FrozenTrial and cheap.number == 0 and deep.number == 1
+    for name in ("state", "values", "params", "distributions", "user_attrs", "system_attrs",
+                 "intermediate_values", "datetime_start", "datetime_complete"):  # fmt: skip
+        assert getattr(cheap, name) == getattr(deep, name) == getattr(trial, name), name
+    # Its own dictionaries: the study's trial and the template's source change apart.
+    assert cheap.params is not trial.params and cheap.user_attrs is not trial.user_attrs
+    trial.user_attrs["late"] = True
+    assert "late" not in cheap.user_attrs
