@@ -52,12 +52,9 @@ from services.planner.unit_folder import UnitFolderLink
 from services.planner.unit_sharing import DEFAULT_SHARED_BYTES
 
 # Trials per call: relayed, the others' trials reach an island with its next call, so a call
-# is short (a few evaluations). Sharing the journal, an island reads them there before each
-# trial, so its calls are longer: fewer Ray calls (~1.1 ms of the driver's CPU and ~1.3 ms of
-# the actor's each, beside ~15 ms trials on a small machine). A death costs one trial whatever
-# the length: each trial is streamed to the driver, or in the journal, as soon as it is told.
+# is short (a few evaluations). A death costs one trial whatever the length: each trial is
+# streamed to the driver, or in the journal, as soon as it is told.
 TRIALS_PER_CALL = 4
-TRIALS_PER_CALL_SHARING_JOURNAL = 16
 # Sampler seeds of different islands and of a slot's replacements (primes: no overlap).
 _SLOT_STRIDE = 7919
 _RESTART_STRIDE = 104_729

@@ -1,8 +1,7 @@
 """Island exploration, the driver's side: streams of trials in, the others' trials out.
 
 Each live worker has up to ``PIPELINE_DEPTH`` calls out (``EvaluatorWorker.explore``: one
-running, one queued behind it), each of at most ``TRIALS_PER_CALL`` trials (more when the
-islands share the journal: ``TRIALS_PER_CALL_SHARING_JOURNAL``). As a call streams
+running, one queued behind it), each of at most ``TRIALS_PER_CALL`` trials. As a call streams
 its trials, the driver keeps the best and, unless the islands share the study's journal
 themselves (``journal_link``; then they are stored already and the driver adopts them into its
 study as each call's trials arrive), adds each to the stored study (a new number there) and
@@ -46,7 +45,6 @@ from optimizer.search.write_through import WriteThroughStorage
 from services.planner.actors import WORKER_ATTR
 from services.planner.island import (
     TRIALS_PER_CALL,
-    TRIALS_PER_CALL_SHARING_JOURNAL,
     IslandSettings,
     IslandTrial,
     StopAt,
@@ -277,13 +275,9 @@ class IslandExploration:
 
     def _send(self, worker: Worker) -> None:
         search = self.search
-        count = TRIALS_PER_CALL_SHARING_JOURNAL if self.direct else TRIALS_PER_CALL
+        count = TRIALS_PER_CALL
         if search.trials is not None:
-            budget_left = search.trials - search.asked
-            if self.direct:  # the last calls shrink, so the islands end the budget together
-                share = budget_left // (PIPELINE_DEPTH * max(1, len(self.pool.alive)))
-                count = min(count, max(TRIALS_PER_CALL, share))
-            count = min(count, budget_left)
+            count = min(count, search.trials - search.asked)
         stop_at: StopAt | None = None
         if search.explore_until is not None:
             left = search.explore_until - time.monotonic()
