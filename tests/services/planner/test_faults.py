@@ -273,6 +273,9 @@ def test_cancellation_stops_within_two_seconds_and_keeps_completed_trials(
     while any(_running(pid) for pid in pids) and time.monotonic() < set_at + 10:
         time.sleep(0.05)
     assert not any(_running(pid) for pid in pids), "a worker process outlived the cancellation"
+    if islands:  # the folder the islands shared their pair solutions through is gone
+        units = search.island is not None and search.island.settings.units
+        assert units and not os.path.exists(units.path)
 
 
 def _running(pid: int) -> bool:
