@@ -45,7 +45,7 @@ from optimizer.evaluate.protocol import Protocol
 from optimizer.field.errors import SolverError
 from optimizer.search.space import SearchSpace
 from optimizer.tissue.table import TissueTable
-from services.planner.unit_folder import UnitFolder
+from services.planner.unit_folder import UnitFolder, UnitFolderUnreachableError
 from services.planner.unit_sharing import SharedBundle, SharedUnits, adopt, solved_bundle
 
 if TYPE_CHECKING:
@@ -278,7 +278,9 @@ class EvaluatorWorker:
                 taken = folder.take(self.coarse, plan.pair_geometry_hashes())
                 took = time.perf_counter() - started
                 reply, keys = self._evaluate(plan, "coarse", None)
+                started = time.perf_counter()
                 folder.publish(self.coarse, keys)
+                took += time.perf_counter() - started
                 return dataclasses.replace(reply, seconds=reply.seconds + took, adopted_pairs=taken)
             shared = self._island_units.for_keys(plan.pair_geometry_hashes())
             reply, keys = self._evaluate(plan, "coarse", shared)
@@ -297,12 +299,17 @@ class EvaluatorWorker:
             yield SharedBundle((slot, restarts), ray.put(bundle), tuple(bundle), nbytes)
 
     def _unit_folder(self, settings: IslandSettings, slot: int) -> UnitFolder | None:
-        """This actor's use of the search's unit folder (None: bundles, or no sharing)."""
+        """This actor's use of the search's unit folder. None: bundles (also when this actor
+        cannot see the folder, as on another filesystem with the driver's address: the
+        driver notes it when the bundles arrive), or no sharing."""
         link = settings.units if settings.share_units else None
         if link is None:
             return None
         if self._folder is None or self._folder.link != link:
-            self._folder = UnitFolder(link, slot)
+            try:
+                self._folder = UnitFolder(link, slot)
+            except UnitFolderUnreachableError:
+                return None
         return self._folder
 
     def evaluate_with_fields(self, plan: Plan, fidelity: Fidelity = "fine") -> EvaluatedPlan:

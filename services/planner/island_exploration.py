@@ -100,10 +100,17 @@ def one_host() -> bool:
 def unit_folder(search: DistributedSearch) -> UnitFolderLink | None:
     """A new folder for the islands' pair solutions when they share them and every actor runs
     on this host (``services.planner.unit_folder``); None: they share them in bundles through
-    Ray's object store, or not at all."""
-    if not search.share_units or not one_host():
+    Ray's object store (also when no folder can be made: noted), or not at all."""
+    if not search.share_units or search.workers < 2 or not one_host():
         return None
-    return UnitFolderLink.create(DEFAULT_SHARED_BYTES, islands=search.workers)
+    try:
+        return UnitFolderLink.create(DEFAULT_SHARED_BYTES, islands=search.workers)
+    except OSError as exc:
+        search.notes.append(
+            f"the islands share pair solutions through Ray's object store: no folder could "
+            f"be made for them ({type(exc).__name__}: {exc})"
+        )
+        return None
 
 
 def _process_running(pid: int) -> bool:
@@ -143,8 +150,7 @@ class IslandExploration:
             signature=search.space.signature(),
             share_units=search.share_units,
             journal=journal_link(search),
-            units=unit_folder(search),
-        )
+        )  # the unit folder is made when the exploration runs, and removed when it ends
         # Islands that append to the journal themselves: the driver relays no trial.
         self.direct = self.settings.journal is not None
         self.seeds: deque[dict[str, Any]] = deque(starts)
@@ -164,6 +170,7 @@ class IslandExploration:
         # Per worker slot: the other islands' pair solutions not handed to it yet.
         self.bundles: dict[int, list[SharedBundle]] = {w.index: [] for w in self.pool.workers}
         self.bundles_handed = 0
+        self.off_folder: set[int] = set()  # worker slots that share bundles, not the folder
         # Per worker slot: islands that died since its last call (their bundles are gone).
         self.dead_owners: dict[int, list[tuple[int, int]]] = {
             w.index: [] for w in self.pool.workers
@@ -189,6 +196,7 @@ class IslandExploration:
         """Explore until the budget, the time or a cancel ends it: "trials", "time" or
         "cancelled" (as ``DistributedSearch._explore``)."""
         try:
+            self.settings = dataclasses.replace(self.settings, units=unit_folder(self.search))
             ended = self._loop()
         except BaseException:
             if self.direct:  # what the search reports next should see the told trials
@@ -196,7 +204,7 @@ class IslandExploration:
                     self._adopt()
             raise
         finally:
-            if self.settings.units is not None:  # no island starts a trial after this
+            if self.settings.units is not None:  # an island still running fails to write
                 self.settings.units.remove()
         if self.direct:
             self._adopt()
@@ -220,12 +228,16 @@ class IslandExploration:
         """On a one-host cluster (the journal or the unit folder shared): wait (at most
         ``wait_s``) for these killed workers' processes to end, so that what they appended
         is all there to read and nothing more is written."""
-        if not self.direct and self.settings.units is None:
+        if not self._local():
             return
         pids = [w.pid for w in workers if w.pid is not None]
         deadline = time.monotonic() + wait_s
         while any(_process_running(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.01)
+
+    def _local(self) -> bool:
+        """Every worker runs on this host (it shares the journal or the unit folder)."""
+        return self.direct or self.settings.units is not None
 
     def _adopt(self) -> None:
         """The islands' trials, from the journal into the driver's study."""
@@ -317,6 +329,13 @@ class IslandExploration:
             raise SearchError(f"worker {call.worker.index} could not explore: {cause}") from exc
         call.heard_at = time.monotonic()
         if isinstance(item, SharedBundle):
+            if self.settings.units is not None and call.worker.index not in self.off_folder:
+                self.off_folder.add(call.worker.index)  # it could not see the folder
+                self.search.notes.append(
+                    f"worker {call.worker.index} could not see the pair solutions' folder "
+                    f"{self.settings.units.path}: it shares them through Ray's object store, "
+                    "with the islands that cannot see it either"
+                )
             for other in self.pool.alive:
                 if other.index != call.worker.index:
                     self.bundles[other.index].append(item)
@@ -495,11 +514,11 @@ class IslandExploration:
         message = search._stall_message("not evaluated")
         # All killed first: a stopped process may hold the journal's lock, which the lost
         # trials' writes then wait for (the kernel drops it with the process). Ray takes ~5 s
-        # to end a stopped actor; with the journal shared the process is on this host, so
-        # it is killed at once as well.
+        # to end a stopped actor; on a one-host cluster (the journal or the unit folder
+        # shared) the process is on this host, so it is killed at once as well.
         for worker in silent:
             self.pool.retire(worker)
-            if self.direct and worker.pid is not None:
+            if self._local() and worker.pid is not None:
                 with contextlib.suppress(OSError):
                     os.kill(worker.pid, signal.SIGKILL)
         self._wait_for_exit(silent)

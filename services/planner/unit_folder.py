@@ -20,6 +20,9 @@ it never decides a result (a shared solution is the one the writer computed for 
 geometry, exactly what the reader would have computed).
 
 The files are raw arrays behind a small JSON header, not pickles: reading one runs no code.
+A worker that cannot see the folder shares in bundles instead (``EvaluatorWorker``), and a
+folder that cannot be made leaves the islands to bundles (``island_exploration.unit_folder``):
+sharing never stops a search.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -34,6 +38,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +47,10 @@ from optimizer.field.solve import UnitSolution
 
 _MAGIC = b"ECTUNIT1"
 _LENGTH = struct.Struct("<I")
+_ALIGN = 64  # the arrays start on a 64-byte boundary: aligned views, fast to read
+_DTYPES: dict[str, np.dtype[Any]] = {"potential": np.dtype("<f8"), "field": np.dtype("<f4")}
+_KEY = re.compile(r"[0-9a-f]{64}")  # Plan.pair_geometry_hash: a file name, never a path
+_PREFIX = "ectplan-units-"
 # /dev/shm is used when it has this many times the budget free (a container's is often 64 MB).
 _SHM_HEADROOM = 4
 
@@ -62,14 +71,42 @@ class UnitFolderLink:
 
     @classmethod
     def create(cls, max_bytes: int, islands: int, root: str | None = None) -> UnitFolderLink:
-        """A new private folder for ``islands`` islands sharing ``max_bytes`` in all."""
-        path = tempfile.mkdtemp(prefix="ectplan-units-", dir=root or _fast_root(max_bytes))
+        """A new private folder for ``islands`` islands sharing ``max_bytes`` in all (OSError
+        when none can be made). Its name carries this process's pid, so that the folders of a
+        driver that was killed before it could remove them are removed by the next one."""
+        root = root or _fast_root(max_bytes) or tempfile.gettempdir()
+        _remove_stale(root)
+        path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=root)
         stat = os.stat(path)
         return cls(path, (stat.st_dev, stat.st_ino), max(1, max_bytes // max(1, islands)))
 
     def remove(self) -> None:
         """Delete the folder and what is in it (an island still writing then fails quietly)."""
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _remove_stale(root: str) -> None:
+    """Remove the unit folders in ``root`` of drivers that are gone (killed: their pid is no
+    process now). Another user's folder cannot be removed (mode 0700) and is left alone."""
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid_text = name[len(_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _process_exists(int(pid_text)):
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
 
 
 def _fast_root(max_bytes: int) -> str | None:
@@ -87,9 +124,11 @@ def _fast_root(max_bytes: int) -> str | None:
 
 def write_unit(path: Path, key: str, cached: CachedUnit) -> int:
     """Write one unit solution (atomically: a temporary name, then renamed); its bytes."""
+    if not _KEY.fullmatch(key):
+        raise ValueError(f"{key!r} is not a pair geometry hash")
     s = cached.solution
-    potential = np.ascontiguousarray(s.potential_V)
-    field = np.ascontiguousarray(s.field_V_per_cm)
+    potential = np.ascontiguousarray(s.potential_V, dtype=_DTYPES["potential"])
+    field = np.ascontiguousarray(s.field_V_per_cm, dtype=_DTYPES["field"])
     header = json.dumps(
         {
             "key": key,
@@ -104,13 +143,18 @@ def write_unit(path: Path, key: str, cached: CachedUnit) -> int:
             "field": [field.dtype.str, list(field.shape)],
         }
     ).encode()
-    target = path / key
+    header += b" " * (-(len(_MAGIC) + _LENGTH.size + len(header)) % _ALIGN)
     temporary = path / f".{key}.{os.getpid()}.tmp"
-    with open(temporary, "wb") as f:
-        f.write(_MAGIC + _LENGTH.pack(len(header)) + header)
-        f.write(potential.data)
-        f.write(field.data)
-    os.replace(temporary, target)
+    try:
+        with open(temporary, "wb") as f:
+            f.write(_MAGIC + _LENGTH.pack(len(header)) + header)
+            f.write(potential.data)
+            f.write(field.data)
+        os.replace(temporary, path / key)
+    except BaseException:  # a full disk, say: no half-written file stays behind
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
     return len(_MAGIC) + _LENGTH.size + len(header) + potential.nbytes + field.nbytes
 
 
@@ -123,21 +167,23 @@ def read_unit(file: Path, key: str, grid_shape: tuple[int, ...]) -> CachedUnit:
         raise ValueError(f"{file} is not a unit solution")
     (length,) = _LENGTH.unpack_from(data, len(_MAGIC))
     header = json.loads(data[start : start + length])
-    if header.get("key") != key:
-        raise ValueError(f"{file} holds pair {header.get('key')!r}, not {key!r}")
+    if not isinstance(header, dict) or header.get("key") != key:
+        raise ValueError(f"{file} does not hold pair {key!r}")
     offset = start + length
     arrays = []
-    for name in ("potential", "field"):
+    for name, dtype in _DTYPES.items():
         dtype_str, shape = header[name]
-        dtype = np.dtype(dtype_str)
+        if np.dtype(dtype_str) != dtype or tuple(shape) != tuple(grid_shape):
+            raise ValueError(
+                f"{file}: {name} is {dtype_str} on a {tuple(shape)} grid, not {dtype.str} on "
+                f"{tuple(grid_shape)}"
+            )
         count = int(np.prod(shape))
         if offset + count * dtype.itemsize > len(data):
             raise ValueError(f"{file} is shorter than its header says")
         arrays.append(np.frombuffer(data, dtype, count, offset).reshape(shape))
         offset += count * dtype.itemsize
     potential, field = arrays
-    if potential.shape != tuple(grid_shape):
-        raise ValueError(f"{file} is on a {potential.shape} grid, not {tuple(grid_shape)}")
     solution = UnitSolution(
         potential_V=potential,
         field_V_per_cm=field,
@@ -180,6 +226,8 @@ class UnitFolder:
         for key in keys:
             if evaluator.cached_unit(key) is not None:
                 continue
+            if not _KEY.fullmatch(key):
+                continue
             try:
                 cached = read_unit(self.path / key, key, shape)
             except (OSError, ValueError, KeyError, TypeError):  # not there, or unreadable
@@ -198,7 +246,7 @@ class UnitFolder:
                 continue
             try:
                 nbytes = write_unit(self.path, key, cached)
-            except OSError:
+            except (OSError, ValueError):
                 self.write_errors += 1
                 continue
             self.own[key] = nbytes

@@ -4,11 +4,14 @@ sampler, and the driver keeps the study, the budget and the faults."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import optuna
 import pytest
@@ -19,6 +22,7 @@ from optimizer.search.seeding import geometric_seed_params
 from optimizer.search.settings import load_score_weights
 from optimizer.search.study import ERROR_ATTR
 from services.planner import driver, island, island_exploration
+from services.planner import unit_folder as unit_folder_module
 from services.planner.actors import CaseSpec, EvaluatorWorker, search_space
 from services.planner.driver import WORKER_ATTR, WORKER_PID_ATTR, DistributedSearch
 from services.planner.island import IslandError, IslandSettings, IslandTrial, StopAt
@@ -252,6 +256,39 @@ def test_islands_on_one_host_take_each_others_solutions_from_the_folder_at_once(
         assert again.record.score == out.record.score
     finally:
         link.remove()
+
+
+def test_an_island_that_cannot_see_the_folder_shares_in_bundles(ray_cluster, lesion, ect):
+    worker = EvaluatorWorker(lesion, ect, CaseSpec(2.0, 2.0, LESION_MARGIN_MM))
+    space = search_space(worker.coarse_case, worker.fine_case, ect)
+    link = UnitFolderLink.create(max_bytes=1 << 30, islands=2)
+    try:  # the same path, another folder: as on another filesystem with the driver's address
+        elsewhere = dataclasses.replace(link, identity=(link.identity[0], link.identity[1] + 1))
+        settings = IslandSettings("niche-ga", 0, False, load_score_weights(), space.signature(),
+                                  share_units=True, units=elsewhere)  # fmt: skip
+        seeds = geometric_seed_params(space)[:1]
+        trial, bundle = worker.explore(settings, 1, 0, 1, seeds, (), (), None)
+        assert isinstance(trial, IslandTrial) and trial.solved_pairs > 0
+        assert isinstance(bundle, SharedBundle) and len(bundle.keys) == trial.solved_pairs
+        assert os.listdir(link.path) == []
+    finally:
+        link.remove()
+
+
+def test_no_folder_for_the_islands_is_a_note_and_bundles(ray_cluster, monkeypatch):
+    def refused(*args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", "/tmp")
+
+    search: Any = SimpleNamespace(share_units=True, workers=2, notes=[])
+    monkeypatch.setattr(unit_folder_module.tempfile, "mkdtemp", refused)
+    assert island_exploration.unit_folder(search) is None
+    assert search.notes == [
+        "the islands share pair solutions through Ray's object store: no folder could be made "
+        "for them (PermissionError: [Errno 13] Permission denied: '/tmp')"
+    ]
+    search.workers = 1  # a lone island has no one to share with
+    monkeypatch.undo()
+    assert island_exploration.unit_folder(search) is None and len(search.notes) == 1
 
 
 def test_an_islands_end_is_the_earlier_of_the_wall_clock_and_its_own_count(monkeypatch):

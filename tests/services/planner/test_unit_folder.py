@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +54,7 @@ def test_a_unit_reads_back_as_written(tmp_path: Path, evaluators):
         assert ours.dtype == theirs.dtype and ours.flags.writeable
         np.testing.assert_array_equal(ours, theirs)
 
-    with pytest.raises(ValueError, match="not 'other'"):
+    with pytest.raises(ValueError, match="does not hold pair 'other'"):
         read_unit(tmp_path / key, "other", solver.anatomy.grid.shape)
     with pytest.raises(ValueError, match="grid"):
         read_unit(tmp_path / key, key, (3, 3, 3))
@@ -128,3 +130,58 @@ def test_a_folder_on_another_host_is_a_clear_error(tmp_path: Path):
     with pytest.raises(UnitFolderUnreachableError, match="another host"):
         UnitFolder(elsewhere, slot=1)  # the same path, another folder
     assert UnitFolder(other, slot=1).path == Path(other.path)
+
+
+def test_the_arrays_are_aligned_and_checked_against_the_grid(tmp_path: Path, evaluators):
+    solver = evaluators[0]
+    plan = square_plan("ect", 1100.0, 8, 5.0)
+    solver.evaluate(plan)
+    key = plan.pair_geometry_hash(0)
+    cached = solver.cached_unit(key)
+    assert cached is not None
+    write_unit(tmp_path, key, cached)
+    back = read_unit(tmp_path / key, key, solver.anatomy.grid.shape)
+    arrays = (back.solution.potential_V, back.solution.field_V_per_cm)
+    assert all(a.flags.aligned and a.flags.writeable for a in arrays)
+    header = (tmp_path / key).stat().st_size - sum(a.nbytes for a in arrays)
+    assert header % 64 == 0  # the arrays start on a 64-byte boundary of the file
+    wrong = dataclasses.replace(
+        cached.solution, field_V_per_cm=cached.solution.field_V_per_cm[:, :, :-1]
+    )
+    write_unit(tmp_path, key, dataclasses.replace(cached, solution=wrong))
+    with pytest.raises(ValueError, match="field is <f4 on a"):
+        read_unit(tmp_path / key, key, solver.anatomy.grid.shape)
+    with pytest.raises(ValueError, match="not a pair geometry hash"):
+        write_unit(tmp_path, "../elsewhere", cached)
+
+
+def test_a_failed_write_leaves_no_file_behind(tmp_path: Path, evaluators, monkeypatch):
+    solver = evaluators[0]
+    plan = square_plan("ect", 1100.0, 8, 5.0)
+    solver.evaluate(plan)
+    keys = plan.pair_geometry_hashes()[:2]
+    link = UnitFolderLink.create(max_bytes=1 << 30, islands=2, root=str(tmp_path))
+    folder = UnitFolder(link, slot=0)
+
+    def full_disk(source: object, target: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    folder.publish(solver, keys)
+    assert folder.write_errors == 2 and folder.own_bytes == 0 and not folder.own
+    assert os.listdir(link.path) == []
+
+
+def test_a_killed_drivers_folders_are_removed_by_the_next(tmp_path: Path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is no process now (reused only after a wrap-around)
+    stale = tmp_path / f"ectplan-units-{dead.pid}-abc"
+    stale.mkdir()
+    (stale / ("a" * 64)).write_bytes(b"x")
+    alive = tmp_path / f"ectplan-units-{os.getpid()}-def"  # a running driver's: kept
+    alive.mkdir()
+    other = tmp_path / "ectplan-units-not-a-pid"  # not ours to judge: kept
+    other.mkdir()
+    link = UnitFolderLink.create(max_bytes=1 << 20, islands=2, root=str(tmp_path))
+    assert not stale.exists() and alive.exists() and other.exists()
+    assert Path(link.path).name.startswith(f"ectplan-units-{os.getpid()}-")
