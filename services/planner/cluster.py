@@ -38,6 +38,9 @@ RAY_CLIENT_PORT = 10001
 # well under the 20 s a user waits for "cannot connect" before suspecting a hang.
 PROBE_TIMEOUT_S = 3.0
 CONNECT_TIMEOUT_S = 15.0
+# How long a local start waits for Ray's GCS to bind its port (Ray's default: 30 s).
+GCS_PORT_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"
+GCS_PORT_WAIT_S = 60
 
 
 class ClusterError(RuntimeError):
@@ -201,6 +204,10 @@ def connect(
         started_here = True
         if wanted is None:
             auth = prepare_local_auth()
+            # Ray waits 30 s for its GCS to bind a port. Right after the whole test suite the
+            # first `./run main` missed that twice in a row (2026-11-28; a minute later Ray
+            # started in 5 s), so a local start waits longer unless the user says otherwise.
+            os.environ.setdefault(GCS_PORT_WAIT_ENV, str(GCS_PORT_WAIT_S))
             started = time.perf_counter()
             # A loaded machine can miss Ray's own start-up deadline once; a second start
             # almost always succeeds, so try twice before giving up.
