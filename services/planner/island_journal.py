@@ -21,7 +21,6 @@ lock, the failed trial that stands for one a dead worker was evaluating.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from optuna.storages import JournalStorage
 from optuna.trial import FrozenTrial
 
 from optimizer.search.journal_file import journal_backend
+from services.planner.host_files import identity, sees
 
 
 class JournalUnreachableError(RuntimeError):
@@ -48,8 +48,7 @@ class JournalLink:
     @classmethod
     def of(cls, path: Path, study_name: str) -> JournalLink:
         real = path.resolve()
-        stat = os.stat(real)
-        return cls(str(real), study_name, (stat.st_dev, stat.st_ino))
+        return cls(str(real), study_name, identity(real))
 
 
 class SharedJournal:
@@ -58,12 +57,7 @@ class SharedJournal:
     def __init__(self, link: JournalLink, slot: int) -> None:
         # Optuna would create a missing file: on another host that is an empty journal that
         # no one else reads, so a missing (or another) file is an error here.
-        try:
-            stat = os.stat(link.path)
-            same = (stat.st_dev, stat.st_ino) == link.identity
-        except OSError:
-            same = False
-        if not same:
+        if not sees(link.path, link.identity):
             raise JournalUnreachableError(
                 f"worker {slot} cannot see the study journal {link.path} (it runs on another "
                 "host or filesystem than the driver); island exploration shares trials "

@@ -44,6 +44,7 @@ import numpy as np
 
 from optimizer.evaluate.evaluator import CachedUnit, PlanEvaluator
 from optimizer.field.solve import UnitSolution
+from services.planner.host_files import Identity, identity, sees
 
 _MAGIC = b"ECTUNIT1"
 _LENGTH = struct.Struct("<I")
@@ -66,7 +67,7 @@ class UnitFolderLink:
     the byte budget."""
 
     path: str
-    identity: tuple[int, int]
+    identity: Identity
     max_bytes_each: int
 
     @classmethod
@@ -77,8 +78,7 @@ class UnitFolderLink:
         root = root or _fast_root(max_bytes) or tempfile.gettempdir()
         _remove_stale(root)
         path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=root)
-        stat = os.stat(path)
-        return cls(path, (stat.st_dev, stat.st_ino), max(1, max_bytes // max(1, islands)))
+        return cls(path, identity(path), max(1, max_bytes // max(1, islands)))
 
     def remove(self) -> None:
         """Delete the folder and what is in it (an island still writing then fails quietly)."""
@@ -201,12 +201,7 @@ class UnitFolder:
     """One island's use of the search's unit folder."""
 
     def __init__(self, link: UnitFolderLink, slot: int) -> None:
-        try:
-            stat = os.stat(link.path)
-            same = (stat.st_dev, stat.st_ino) == link.identity
-        except OSError:
-            same = False
-        if not same:
+        if not sees(link.path, link.identity):
             raise UnitFolderUnreachableError(
                 f"worker {slot} cannot see the driver's unit folder {link.path} (it runs on "
                 "another host than the driver); islands share pair solutions through a folder "

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optimizer.evaluate.evaluator import PlanEvaluator
+from optimizer.evaluate.evaluator import CachedUnit, PlanEvaluator
 from optimizer.evaluate.protocol import load_protocol
 from services.planner.unit_folder import (
     UnitFolder,
@@ -34,13 +34,19 @@ def _criteria(evaluator: PlanEvaluator, plan: object) -> list[tuple[str, str, fl
     return [(r.id, r.status, r.value) for r in evaluator.evaluate(plan).results]  # type: ignore[arg-type]
 
 
-def test_a_unit_reads_back_as_written(tmp_path: Path, evaluators):
-    solver = evaluators[0]
+def _solved(solver: PlanEvaluator) -> tuple[str, CachedUnit]:
+    """A pair of the square plan, solved: its key and its unit solution."""
     plan = square_plan("ect", 1100.0, 8, 5.0)
     solver.evaluate(plan)
     key = plan.pair_geometry_hash(0)
     cached = solver.cached_unit(key)
     assert cached is not None
+    return key, cached
+
+
+def test_a_unit_reads_back_as_written(tmp_path: Path, evaluators):
+    solver = evaluators[0]
+    key, cached = _solved(solver)
     nbytes = write_unit(tmp_path, key, cached)
     assert nbytes == (tmp_path / key).stat().st_size and nbytes > cached.nbytes
     assert [p.name for p in tmp_path.iterdir()] == [key]  # no temporary file left behind
@@ -134,11 +140,7 @@ def test_a_folder_on_another_host_is_a_clear_error(tmp_path: Path):
 
 def test_the_arrays_are_aligned_and_checked_against_the_grid(tmp_path: Path, evaluators):
     solver = evaluators[0]
-    plan = square_plan("ect", 1100.0, 8, 5.0)
-    solver.evaluate(plan)
-    key = plan.pair_geometry_hash(0)
-    cached = solver.cached_unit(key)
-    assert cached is not None
+    key, cached = _solved(solver)
     write_unit(tmp_path, key, cached)
     back = read_unit(tmp_path / key, key, solver.anatomy.grid.shape)
     arrays = (back.solution.potential_V, back.solution.field_V_per_cm)
