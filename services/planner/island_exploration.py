@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import time
 from collections import Counter, deque
 from collections.abc import Container, Sequence
@@ -225,19 +226,21 @@ class IslandExploration:
         self._adopt()
 
     def _wait_for_exit(self, workers: Sequence[Worker], wait_s: float = CANCEL_SETTLE_S) -> None:
-        """On a one-host cluster (the journal or the unit folder shared): wait (at most
-        ``wait_s``) for these killed workers' processes to end, so that what they appended
-        is all there to read and nothing more is written."""
-        if not self._local():
-            return
-        pids = [w.pid for w in workers if w.pid is not None]
+        """Wait (at most ``wait_s``) for these killed workers' processes on this host to end,
+        so that what they appended is all there to read and nothing more is written."""
+        pids = [w.pid for w in workers if w.pid is not None and self._here(w)]
         deadline = time.monotonic() + wait_s
         while any(_process_running(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    def _local(self) -> bool:
-        """Every worker runs on this host (it shares the journal or the unit folder)."""
-        return self.direct or self.settings.units is not None
+    def _here(self, worker: Worker) -> bool:
+        """The worker's process runs on this host, so its pid is one here. Sharing the journal,
+        every worker does (an actor that cannot see the file fails the search); sharing the
+        unit folder, the workers started on this host do (a replacement on a node that joined
+        since would share bundles instead)."""
+        if self.direct:
+            return True
+        return self.settings.units is not None and worker.host == socket.gethostname()
 
     def _adopt(self) -> None:
         """The islands' trials, from the journal into the driver's study."""
@@ -518,7 +521,7 @@ class IslandExploration:
         # shared) the process is on this host, so it is killed at once as well.
         for worker in silent:
             self.pool.retire(worker)
-            if self._local() and worker.pid is not None:
+            if worker.pid is not None and self._here(worker):
                 with contextlib.suppress(OSError):
                     os.kill(worker.pid, signal.SIGKILL)
         self._wait_for_exit(silent)
