@@ -5,9 +5,9 @@ island often needs a pair geometry the other just solved. Through Ray's object s
 (``services.planner.unit_sharing``) a solution reaches the other island only after the call
 that solved it ends and the driver hands its reference on with that island's next call: 4-8
 trials late, when the child that needed it has mostly been evaluated already. Measured on
-prostatex-0000 (ECT, 1200 trials, 2 islands on the 2-core machine): 0.43-0.47 solves per trial
-that way, 0.36-0.40 through a folder, and Ray's raylet spent ~4 % of a core storing the bundles
-(under 1 % without them).
+prostatex-0000 (ECT, 1200 trials, 2 islands on the 2-core machine): 0.37-0.54 solves per trial
+that way (median 0.44; one island: 0.39), 0.30-0.44 through a folder (median 0.39), and Ray's
+raylet spent ~4 % of a core storing the bundles (under 1 % without them).
 
 How: when every Ray node is the driver's host, the driver creates a private folder (mode 0700;
 in /dev/shm when it has room, so nothing reaches a disk) and removes it when exploration ends.
