@@ -103,6 +103,18 @@ def test_the_target_needs_4_of_5_seeds_at_every_budget(wins_at_300: int, met: st
     assert text.endswith(f"met on {int(met == 'target met')} of 1 case/protocol pairs measured")
 
 
+@pytest.mark.parametrize(("ga_on_two_seeds", "only_ties"), [(0.1, True), (0.05, False)])
+def test_a_target_missed_through_ties_alone_says_so(ga_on_two_seeds: float, only_ties: bool):
+    # Strictly better on 3 seeds; on the other 2 the GA found as good a plan (0.1, a tie) or a
+    # better one (0.05).
+    runs = [
+        r for seed in range(5) for r in _seed(seed, 0.1, 0.5 if seed < 3 else ga_on_two_seeds, 0.5)
+    ]
+    text = versus_baselines(runs, [100])
+    assert "target not met" in text
+    assert ("only ties" in text) is only_ties
+
+
 def test_without_baseline_runs_the_target_is_not_measured():
     text = versus_baselines([_run(OURS, 0, 0.1, True), _run("tpe", 0, 0.5, True)], [100])
     assert "target not measured" in text
