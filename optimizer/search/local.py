@@ -118,7 +118,7 @@ class SearchResult:
     trials_run: int
     trials_in_study: int  # finished trials of the study, earlier runs included
     elapsed_s: float
-    stopped_by: str  # "trials", "time" or "cancelled"
+    stopped_by: str  # "trials", "time", "cancelled"; distributed also "workers" (none answered)
     study_name: str
     sampler: str
     seed: int | None

@@ -44,6 +44,14 @@ behind the lost one is sent again (to the replacement, or to another worker when
 retired); a result the actor had finished before it died is kept.
 Every told trial is in the storage as it is told.
 
+Silence: a worker that stops answering (a stopped process; a replacement the cluster cannot
+place, whose plans wait for it) is stopped, with no replacement, and the plans it holds are
+told FAIL; the search goes on with the others, or with none left returns its best coarse plan.
+Under a time limit that happens ``stall_grace_s`` after the end of the phase; without one, once
+the worker has held a plan for ``SILENCE_LIMIT_S`` without answering anything, so that a search
+bounded by its trial budget alone never waits for ever (``stopped_by`` "workers" when none is
+left to finish the budget).
+
 Stopping: the trial budget counts trials asked by this call (failed ones included); at the time
 limit no further trial is asked, trials in flight finish and are told, and the fine
 re-evaluation runs (always for the best candidate, the others only while in time).
@@ -66,7 +74,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -152,6 +160,10 @@ DEAD_RESULT_WAIT_S = 5.0
 # the larger of this and half the limit, so a slow but working evaluation is still waited for.
 STALL_GRACE_S = 30.0
 STALL_GRACE_SHARE = 0.5
+# Without a time limit, how long a worker may hold a plan without answering anything: beyond a
+# worker's start on a fresh node (pool.STARTUP_TIMEOUT_S; a replacement's plans wait for it)
+# plus the slowest fine evaluation measured (7 s, picai-10043 on 2 cores), many times over.
+SILENCE_LIMIT_S = 600.0
 # How long the returned plan's fields are waited for from a worker (its cache holds the pair
 # solutions: seconds) before this process computes them itself.
 FIELDS_WAIT_S = 120.0
@@ -355,8 +367,12 @@ class DistributedSearch:
         self._ran = False
         self._storage_failed = False
         self.stall_grace_s = (
-            None if time_limit_s is None else max(STALL_GRACE_S, STALL_GRACE_SHARE * time_limit_s)
+            SILENCE_LIMIT_S
+            if time_limit_s is None
+            else max(STALL_GRACE_S, STALL_GRACE_SHARE * time_limit_s)
         )
+        # When each worker (by slot) last answered: a worker that answers is not silent.
+        self._heard: dict[int, float] = {}
         self._stall_seen = False  # a wait was cut short by the grace (not merely the clock)
         self._all_died: str | None = None  # every worker died in the fine re-evaluation
         self.island: IslandExploration | None = None  # islands: from exploration on
@@ -569,14 +585,32 @@ class DistributedSearch:
     def _late(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def _stalled(self, since: float | None) -> bool:
-        """Under a time limit: the grace after ``since`` (when the phase should have ended)
-        is over, so stop waiting for workers."""
-        if since is None or self.stall_grace_s is None:
+    def _stalled(self, since: float | None, quiet: Mapping[int, float] | None = None) -> bool:
+        """Stop waiting for workers: under a time limit, the grace after ``since`` (when the
+        phase should have ended) is over; without one, a worker in ``quiet`` (slot: since when
+        it has held a plan without answering, ``_quiet_since``) has been quiet for the grace."""
+        if self.stall_grace_s is None:
             return False
-        return time.monotonic() >= since + self.stall_grace_s
+        now = time.monotonic()
+        if self.time_limit_s is None:
+            return any(now - t >= self.stall_grace_s for t in (quiet or {}).values())
+        return since is not None and now >= since + self.stall_grace_s
+
+    def _quiet_since(self, held: Iterable[tuple[int, float]]) -> dict[int, float]:
+        """Per slot holding plans (``held``: slot, when a plan still out was sent): since when
+        it has not answered, the later of its last answer and its oldest plan's sending."""
+        oldest: dict[int, float] = {}
+        for index, sent_at in held:
+            oldest[index] = min(sent_at, oldest.get(index, sent_at))
+        return {i: max(t, self._heard.get(i, t)) for i, t in oldest.items()}
 
     def _stall_message(self, what: str) -> str:
+        if self.time_limit_s is None:
+            return (
+                f"{what}: no answer within {self.stall_grace_s:g} s of holding a plan (no time "
+                "limit; a stopped worker process, or a replacement the cluster could not place; "
+                "see `ray status`)"
+            )
         return (
             f"{what}: no answer within {self.stall_grace_s:g} s of the end of its phase "
             f"under the {self.time_limit_s:g} s time limit (a stopped worker process, or a "
@@ -654,7 +688,7 @@ class DistributedSearch:
             self._fill()
             if not self.inflight:
                 break
-            if self._stalled(since=self.explore_until):
+            if self._stalled(self.explore_until, self._quiet_since(self._held())):
                 self._stop_waiting_for_silent_workers()
                 if not self.inflight:
                     continue
@@ -662,34 +696,50 @@ class DistributedSearch:
             for ref in done:
                 if ref in self.inflight:  # not already settled with a dead worker's others
                     self._receive(ref)
-        if self.trials is not None and self.asked >= self.trials and not self._stall_seen:
+        return self._exploration_stop()
+
+    def _exploration_stop(self) -> str:
+        """Why exploration ended, in a mode's loop that has nothing left out: its trial budget
+        (under a time limit only if no worker had to be stopped for silence), the time limit,
+        or, without one, no worker left to finish the budget."""
+        budget_spent = self.trials is not None and self.asked >= self.trials
+        if budget_spent and (self.time_limit_s is None or not self._stall_seen):
             return "trials"
-        return "time"
+        return "time" if self.time_limit_s is not None else "workers"
+
+    def _held(self) -> list[tuple[int, float]]:
+        return [(t.worker.index, t.sent_at) for t in self.inflight.values()]
 
     def _stop_waiting_for_silent_workers(self) -> None:
-        """Past the end of exploration and its grace: take every result that has arrived, then
-        stop the workers that still hold a plan sent a grace ago (their plans told FAIL), so
-        that the fine re-evaluation runs on the others alone."""
+        """Past the grace (``_stalled``): take every result that has arrived, then stop the
+        workers that have held a plan for a whole grace without answering (their plans told
+        FAIL), so that the search goes on with the others alone."""
         assert self.pool is not None
         done, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=0)
         for ref in done:
             if ref in self.inflight:
                 self._receive(ref)
-        # Silent: a worker holding a plan sent a whole grace ago (not a replacement that was
-        # just handed the plans of a worker that died).
+        # Silent: quiet for a whole grace (not a replacement that was just handed the plans of
+        # a worker that died, nor a worker answering the plans queued before its last).
         assert self.stall_grace_s is not None
         now = time.monotonic()
+        quiet = self._quiet_since(self._held())
         silent = {
             t.worker.index: t.worker
             for t in self.inflight.values()
-            if now - t.sent_at >= self.stall_grace_s
+            if now - quiet[t.worker.index] >= self.stall_grace_s
         }
         if not silent:
             return
         self._stall_seen = True
-        self._abandon(self._stall_message("not evaluated"), kill=False)
+        # Retired before any tell: a tell may ask new plans, which must go to the others.
         for worker in silent.values():
             self.pool.retire(worker)
+        lost = _Outcome(None, self._stall_message("not evaluated"))
+        for ref, task in sorted(self.inflight.items(), key=lambda item: item[1].order):
+            if task.worker.index in silent:
+                del self.inflight[ref]
+                self._record(task, lost)
         self.notes.append(
             self._stall_message(
                 f"worker(s) {', '.join(str(i) for i in sorted(silent))} stopped: their plans "
@@ -699,6 +749,7 @@ class DistributedSearch:
 
     def _receive(self, ref: ray.ObjectRef) -> None:
         task = self.inflight.pop(ref)
+        self._heard[task.worker.index] = time.monotonic()
         try:
             reply: Reply = ray.get(ref)
         except RayActorError:
@@ -999,15 +1050,20 @@ class DistributedSearch:
                 return None
             if self._late() and have_first:
                 break
-            if self.deadline is not None and self._stalled(since=max(self.deadline, sent_at)):
+            since = None if self.deadline is None else max(self.deadline, sent_at)
+            quiet = self._quiet_since((t.worker.index, sent_at) for t in pending.values())
+            if self._stalled(since, quiet):
                 self._stall_seen = True
                 self.notes.append(self._stall_message("the fine re-evaluation stopped waiting"))
+                if self.deadline is None:  # a later round would wait for them again
+                    self._retire_quiet(quiet)
                 break
             done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
             for ref in done:
                 if ref not in pending:
                     continue  # settled with its dead worker's other candidates
                 task = pending.pop(ref)
+                self._heard[task.worker.index] = time.monotonic()
                 try:
                     reply: Reply = ray.get(ref)
                 except RayActorError:
@@ -1023,6 +1079,17 @@ class DistributedSearch:
             have_first = any(isinstance(out.get(plan_identity(c.plan)), PlanEvaluation)
                              for c in picked)  # fmt: skip
         return out
+
+    def _retire_quiet(self, quiet: Mapping[int, float]) -> None:
+        """Stop the workers of ``quiet`` (``_quiet_since``) that have been quiet for the grace,
+        with no replacement, and say so."""
+        assert self.pool is not None and self.stall_grace_s is not None
+        now = time.monotonic()
+        silent = sorted(i for i, t in quiet.items() if now - t >= self.stall_grace_s)
+        for index in silent:
+            self.pool.retire(self.pool.workers[index])
+        stopped = ", ".join(map(str, silent))
+        self.notes.append(self._stall_message(f"worker(s) {stopped} stopped"))
 
     def _fine_result(
         self, task: _FineTask, reply: Reply, out: dict[str, PlanEvaluation | str]

@@ -14,7 +14,9 @@ loses the trial it was evaluating: a failed trial without parameters stands for 
 study (the island's own record of it died with the worker; with the journal shared, the
 trials it appended that never reached the driver are read back from the journal); the
 starting plans it had not begun go to the other calls; its replacement starts with the whole
-study so far. Under a time limit the stall grace applies as in the driver's modes;
+study so far. A worker whose running call streams nothing for the stall grace is stopped as
+in the driver's modes (under a time limit only past the end of exploration, without one at
+any time), the trial it was running told FAIL and its call's other trials handed back;
 cancellation kills the workers (their running trials are simply not recorded; with the
 journal shared, the driver waits up to ``CANCEL_SETTLE_S`` for their processes to end and
 records the trials they appended meanwhile; one appended later still is in the journal only).
@@ -194,8 +196,8 @@ class IslandExploration:
     # ---- the loop ----------------------------------------------------------------------
 
     def run(self) -> str:
-        """Explore until the budget, the time or a cancel ends it: "trials", "time" or
-        "cancelled" (as ``DistributedSearch._explore``)."""
+        """Explore until the budget, the time, a cancel or silent workers end it: "trials",
+        "time", "cancelled" or "workers" (as ``DistributedSearch._explore``)."""
         try:
             self.settings = dataclasses.replace(self.settings, units=unit_folder(self.search))
             ended = self._loop()
@@ -255,7 +257,7 @@ class IslandExploration:
             self._fill()
             if not self.streams:
                 break
-            if search._stalled(since=search.explore_until):
+            if search._stalled(search.explore_until, self._quiet_since()):
                 self._stop_silent_workers()
                 if not self.streams:
                     continue
@@ -265,9 +267,13 @@ class IslandExploration:
                     self._take(stream)
         self.outbox.clear()  # no reference outlives the exploration
         self.bundles.clear()
-        if search.trials is not None and search.asked >= search.trials and not search._stall_seen:
-            return "trials"
-        return "time"
+        return search._exploration_stop()
+
+    def _quiet_since(self) -> dict[int, float]:
+        """Per live worker with a call out: when its running call last streamed a trial (or
+        was sent)."""
+        return {w.index: self.calls[w.index][0].heard_at
+                for w in self.pool.alive if self.calls[w.index]}  # fmt: skip
 
     def _fill(self) -> None:
         """Calls to every live worker up to ``PIPELINE_DEPTH``, one per worker in turn (a
@@ -494,8 +500,8 @@ class IslandExploration:
         self.outbox[worker.index] = [] if self.direct else self._finished_trials()
 
     def _stop_silent_workers(self) -> None:
-        """Past the end of exploration and its grace: stop the workers whose running call has
-        not streamed a trial for a whole grace (a stopped process), with no replacement."""
+        """Past the grace (``_stalled``): stop the workers whose running call has not streamed
+        a trial for a whole grace (a stopped process), with no replacement."""
         search = self.search
         assert search.stall_grace_s is not None
         while self.streams:  # first what has arrived: a worker that just answered is not silent

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import _thread
-import contextlib
 import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -25,6 +23,7 @@ from services.planner.driver import (
 from services.planner.progress import ClusterProgress
 from services.planner.storage import default_storage_url, open_storage
 from tests.services.planner.conftest import QUICK
+from tests.services.planner.silence import StopWhenBusy, running, watchdog
 
 
 @pytest.mark.parametrize("reproducible", [True, False], ids=["batches", "asynchronous"])
@@ -129,44 +128,23 @@ def test_the_last_worker_dying_in_the_fine_phase_returns_the_coarse_best(
 def test_a_worker_that_stops_answering_is_stopped_after_the_grace(
     ray_cluster, lesion, ect, workers
 ):
-    stopped: list[int] = []
-
-    def stop_the_last_once_it_answered(p: SearchProgress) -> None:
-        # SIGSTOP: the process lives on and Ray never learns it died; its plans never return.
-        assert isinstance(p, ClusterProgress)
-        last = workers - 1
-        busy = any(t.worker == last for t in p.in_flight)
-        if p.phase == "explore" and p.trials_done >= 1 and busy and not stopped:
-            assert search.pool is not None
-            pid = search.pool.workers[last].pid
-            assert pid is not None
-            os.kill(pid, signal.SIGSTOP)
-            stopped.append(pid)
-
-    # Exploration ends at 24 s of the 40 s limit; the silent worker is given 2 s more. A
-    # broken stall path would wait for ever: the watchdog turns that into a failure.
-    watchdog = threading.Event()
-    timer = threading.Timer(150, watchdog.set)
+    # Exploration ends at 24 s of the 40 s limit; the silent worker is given 2 s more.
     search = DistributedSearch(lesion, ect, trials=None, time_limit_s=40, workers=workers,
                                seed=0, **QUICK)  # fmt: skip
     search.stall_grace_s = 2.0
-    timer.start()
+    stop = StopWhenBusy(search, slot=workers - 1, after=1)
+    started = time.monotonic()
     try:
-        started = time.monotonic()
-        result = search.run(on_progress=stop_the_last_once_it_answered, cancel_event=watchdog)
+        with watchdog(150) as timed_out:
+            result = search.run(on_progress=stop, cancel_event=timed_out)
         took = time.monotonic() - started
         assert search.pool is not None and search.pool.workers[-1].retired
         evaluated = search.evaluate_with_fields(result.plan)
     finally:
-        timer.cancel()
-        for pid in stopped:  # abandoned: killed outright, and waited for
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            while _running(pid) and time.monotonic() < started + 200:
-                time.sleep(0.05)
+        stop.kill(wait_s=200)  # abandoned: killed outright, and waited for
         search.close()
-    assert stopped, "the last worker never had a plan in flight after the first tell"
-    assert not watchdog.is_set(), "the search waited for the silent worker for ever"
+    assert stop.stopped, "the last worker never had a plan in flight after the first tell"
+    assert not timed_out.is_set(), "the search waited for the silent worker for ever"
     assert took < 40 + 2 + 20  # the limit, the grace, slack for a busy machine
     assert result.stopped_by == "time" and result.trials_run >= 1
     silent = f"worker(s) {workers - 1} stopped: their plans were told FAIL"
@@ -185,6 +163,43 @@ def test_a_worker_that_stops_answering_is_stopped_after_the_grace(
         assert result.refined == [] and "(coarse)" in result.summary()
         assert any("coarse exploration result of trial" in n for n in result.notes)
     assert evaluated.evaluation.plan.name == result.plan.name
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_without_a_time_limit_a_worker_silent_for_the_grace_is_stopped(
+    ray_cluster, lesion, ect, workers
+):
+    # A trial budget alone: before, only Ctrl-C ended the wait for a silent worker.
+    search = DistributedSearch(lesion, ect, trials=10, workers=workers, seed=0, **QUICK)
+    search.stall_grace_s = 2.0
+    stop = StopWhenBusy(search, slot=workers - 1, after=1)
+    try:
+        with watchdog(150) as timed_out:
+            result = search.run(on_progress=stop, cancel_event=timed_out)
+        assert search.pool is not None and search.pool.workers[-1].retired
+    finally:
+        stop.kill()
+        search.close()
+    assert stop.stopped, "the last worker never had a plan in flight after the first tell"
+    assert not timed_out.is_set(), "the search waited for the silent worker for ever"
+    silent = f"worker(s) {workers - 1} stopped: their plans were told FAIL"
+    assert any(silent in n and "no answer within 2 s of holding a plan" in n
+               for n in result.notes)  # fmt: skip
+    stored = search.study.get_trials(deepcopy=False)
+    failed = [t for t in stored if t.state == TrialState.FAIL]
+    assert 1 <= len(failed) <= 2  # the plan it was evaluating and the one queued behind it
+    assert all(t.user_attrs[WORKER_ATTR] == workers - 1 for t in failed)
+    assert all("no answer within 2 s" in t.user_attrs[ERROR_ATTR] for t in failed)
+    if workers == 2:  # the other worker spends the rest of the budget, then refines
+        assert result.stopped_by == "trials" and result.trials_run == 10
+        assert sum(t.state == TrialState.COMPLETE for t in stored) == 10 - len(failed)
+        assert any(t.state == TrialState.COMPLETE and t.user_attrs[WORKER_ATTR] == 0
+                   and t.number > max(f.number for f in failed) for t in stored)  # fmt: skip
+        assert result.refined and "(fine)" in result.summary()
+    else:  # none left to spend it: the best exploration plan, and it says why
+        assert result.stopped_by == "workers" and result.trials_run < 10
+        assert result.refined == [] and "(coarse)" in result.summary()
+        assert any("coarse exploration result of trial" in n for n in result.notes)
 
 
 def test_a_storage_that_fails_mid_search_is_a_clear_error(ray_cluster, lesion, ect, tmp_path):
@@ -270,21 +285,12 @@ def test_cancellation_stops_within_two_seconds_and_keeps_completed_trials(
     assert search.pool is not None and not search.pool.alive
     pids = [w.pid for w in search.pool.workers if w.pid is not None]
     assert len(pids) == 2
-    while any(_running(pid) for pid in pids) and time.monotonic() < set_at + 10:
+    while any(running(pid) for pid in pids) and time.monotonic() < set_at + 10:
         time.sleep(0.05)
-    assert not any(_running(pid) for pid in pids), "a worker process outlived the cancellation"
+    assert not any(running(pid) for pid in pids), "a worker process outlived the cancellation"
     if islands:  # the folder the islands shared their pair solutions through is gone
         units = search.island is not None and search.island.settings.units
         assert units and not os.path.exists(units.path)
-
-
-def _running(pid: int) -> bool:
-    """The process exists and is not a zombie (dead, not yet reaped by its parent)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def test_ctrl_c_cancels_like_the_event(ray_cluster, lesion, ect):

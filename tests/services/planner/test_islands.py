@@ -3,11 +3,9 @@ sampler, and the driver keeps the study, the budget and the faults."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,6 +29,7 @@ from services.planner.storage import default_storage_url, open_storage
 from services.planner.unit_folder import UnitFolderLink
 from services.planner.unit_sharing import SharedBundle
 from tests.services.planner.conftest import LESION_MARGIN_MM, QUICK
+from tests.services.planner.silence import StopWhenBusy, watchdog
 
 # A database: the driver relays the trials between islands. The journal file on this one-host
 # cluster: the islands append and read them there themselves.
@@ -323,35 +322,20 @@ def test_an_island_that_stops_answering_is_stopped_after_the_grace(
 ):
     # With the journal shared, a stopped island may hold its lock: it is killed outright.
     url = None if kind == "memory" else storage_url(kind, tmp_path)
-    stopped: list[int] = []
-
-    def stop_island_1(p: SearchProgress) -> None:
-        # SIGSTOP: the process lives on and Ray never learns it died; its stream goes silent.
-        assert isinstance(p, ClusterProgress)
-        busy = any(t.worker == 1 for t in p.in_flight)
-        if p.phase == "explore" and p.trials_done >= 2 and busy and not stopped:
-            assert search.pool is not None and search.pool.workers[1].pid is not None
-            stopped.append(search.pool.workers[1].pid)
-            os.kill(stopped[0], signal.SIGSTOP)
-
-    watchdog = threading.Event()  # a broken stall path would wait for ever: fail instead
-    timer = threading.Timer(120, watchdog.set)
     search = DistributedSearch(lesion, ect, trials=None, time_limit_s=20, workers=2, seed=0,
                                islands=True, storage_url=url, **QUICK)  # fmt: skip
     search.stall_grace_s = 2.0
-    timer.start()
+    stop = StopWhenBusy(search, slot=1, after=2)
+    started = time.monotonic()
     try:
-        started = time.monotonic()
-        result = search.run(on_progress=stop_island_1, cancel_event=watchdog)
+        with watchdog(120) as timed_out:
+            result = search.run(on_progress=stop, cancel_event=timed_out)
         took = time.monotonic() - started
         assert search.pool is not None and search.pool.workers[1].retired
     finally:
-        timer.cancel()
-        for pid in stopped:  # abandoned: killed outright
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop.kill()
         search.close()
-    assert stopped and not watchdog.is_set()
+    assert stop.stopped and not timed_out.is_set()
     assert took < 20 + 2 + 20  # the limit, the grace, slack for a busy machine
     assert result.stopped_by == "time" and result.refined  # island 0 went on, then refined
     assert any("worker(s) 1 stopped: the trial each was evaluating was told FAIL" in n
@@ -360,6 +344,33 @@ def test_an_island_that_stops_answering_is_stopped_after_the_grace(
     assert len(failed) == 1 and failed[0].user_attrs[WORKER_ATTR] == 1
     assert "no answer within 2 s" in failed[0].user_attrs[ERROR_ATTR]
     assert search.island is not None and search.island.direct == (kind == "journal")
+
+
+def test_without_a_time_limit_a_silent_island_is_stopped_and_the_others_spend_its_budget(
+    ray_cluster, lesion, ect
+):
+    search = DistributedSearch(lesion, ect, trials=16, workers=2, seed=0, islands=True, **QUICK)
+    search.stall_grace_s = 2.0
+    stop = StopWhenBusy(search, slot=1, after=2)
+    try:
+        with watchdog(120) as timed_out:  # waiting for ever was the old behaviour
+            result = search.run(on_progress=stop, cancel_event=timed_out)
+        assert search.pool is not None and search.pool.workers[1].retired
+    finally:
+        stop.kill()
+        search.close()
+    assert stop.stopped and not timed_out.is_set()
+    # Island 1's unrun trials went back to the budget, which island 0 spent.
+    assert result.stopped_by == "trials" and result.refined
+    assert any(
+        "worker(s) 1 stopped: the trial each was evaluating was told FAIL" in n
+        and "no answer within 2 s of holding a plan" in n
+        for n in result.notes
+    )
+    stored = search.study.get_trials(deepcopy=False)
+    failed = [t for t in stored if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs[WORKER_ATTR] == 1
+    assert sum(t.state == TrialState.COMPLETE for t in stored) == 15
 
 
 @pytest.mark.parametrize("kind", STORAGES)
