@@ -1054,10 +1054,19 @@ class DistributedSearch:
             quiet = self._quiet_since((t.worker.index, sent_at) for t in pending.values())
             if self._stalled(since, quiet):
                 self._stall_seen = True
-                self.notes.append(self._stall_message("the fine re-evaluation stopped waiting"))
-                if self.deadline is None:  # a later round would wait for them again
-                    self._retire_quiet(quiet)
-                break
+                if self.deadline is not None:  # the search is over: keep what has evaluated
+                    note = self._stall_message("the fine re-evaluation stopped waiting")
+                    self.notes.append(note)
+                    break
+                # No time limit: the silent workers' candidates are lost (a later round would
+                # wait for them again), the others' still waited for.
+                silent = self._retire_quiet(quiet)
+                lost = self._stall_message("not evaluated")
+                for ref, t in list(pending.items()):
+                    if t.worker.index in silent:
+                        del pending[ref]
+                        out[plan_identity(t.candidate.plan)] = lost
+                continue
             done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
             for ref in done:
                 if ref not in pending:
@@ -1080,16 +1089,19 @@ class DistributedSearch:
                              for c in picked)  # fmt: skip
         return out
 
-    def _retire_quiet(self, quiet: Mapping[int, float]) -> None:
+    def _retire_quiet(self, quiet: Mapping[int, float]) -> set[int]:
         """Stop the workers of ``quiet`` (``_quiet_since``) that have been quiet for the grace,
-        with no replacement, and say so."""
+        with no replacement, and say so; their slots."""
         assert self.pool is not None and self.stall_grace_s is not None
         now = time.monotonic()
         silent = sorted(i for i, t in quiet.items() if now - t >= self.stall_grace_s)
         for index in silent:
             self.pool.retire(self.pool.workers[index])
         stopped = ", ".join(map(str, silent))
-        self.notes.append(self._stall_message(f"worker(s) {stopped} stopped"))
+        self.notes.append(
+            self._stall_message(f"worker(s) {stopped} stopped in the fine re-evaluation")
+        )
+        return set(silent)
 
     def _fine_result(
         self, task: _FineTask, reply: Reply, out: dict[str, PlanEvaluation | str]

@@ -26,17 +26,20 @@ def running(pid: int) -> bool:
 
 
 class StopWhenBusy:
-    """A progress callback: SIGSTOP worker ``slot`` once ``after`` trials are told and it holds
-    a plan, once. ``stopped`` holds its pid after that."""
+    """A progress callback: SIGSTOP worker ``slot`` once, in exploration once ``after`` trials
+    are told and it holds a plan; with ``phase="refine"`` at the report that starts the fine
+    re-evaluation, before its candidates go out. ``stopped`` holds its pid after that."""
 
-    def __init__(self, search: DistributedSearch, slot: int, after: int) -> None:
-        self.search, self.slot, self.after = search, slot, after
+    def __init__(
+        self, search: DistributedSearch, slot: int, after: int = 0, phase: str = "explore"
+    ) -> None:
+        self.search, self.slot, self.after, self.phase = search, slot, after, phase
         self.stopped: list[int] = []
 
     def __call__(self, p: SearchProgress) -> None:
         assert isinstance(p, ClusterProgress)
-        busy = any(t.worker == self.slot for t in p.in_flight)
-        if p.phase != "explore" or p.trials_done < self.after or not busy or self.stopped:
+        busy = self.phase == "refine" or any(t.worker == self.slot for t in p.in_flight)
+        if p.phase != self.phase or p.trials_done < self.after or not busy or self.stopped:
             return
         assert self.search.pool is not None
         pid = self.search.pool.workers[self.slot].pid

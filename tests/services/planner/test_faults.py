@@ -202,6 +202,28 @@ def test_without_a_time_limit_a_worker_silent_for_the_grace_is_stopped(
         assert any("coarse exploration result of trial" in n for n in result.notes)
 
 
+def test_without_a_time_limit_a_worker_silent_in_the_fine_phase_loses_only_its_candidates(
+    ray_cluster, lesion, ect
+):
+    search = DistributedSearch(lesion, ect, trials=8, workers=2, seed=0, refine_top_k=3, **QUICK)
+    search.stall_grace_s = 2.0
+    stop = StopWhenBusy(search, slot=1, phase="refine")
+    try:
+        with watchdog(150) as timed_out:
+            result = search.run(on_progress=stop, cancel_event=timed_out)
+        assert search.pool is not None and search.pool.workers[1].retired
+    finally:
+        stop.kill()
+        search.close()
+    assert stop.stopped and not timed_out.is_set()
+    assert result.stopped_by == "trials" and result.trials_run == 8
+    # Candidate i went to worker i mod 2: worker 1's is lost, worker 0's were waited for.
+    lost = [r for r in result.refined if r.error is not None]
+    assert lost and all("no answer within 2 s of holding a plan" in r.error for r in lost)
+    assert result.evaluation is not None and "(fine)" in result.summary()
+    assert any("worker(s) 1 stopped in the fine re-evaluation" in n for n in result.notes)
+
+
 def test_a_storage_that_fails_mid_search_is_a_clear_error(ray_cluster, lesion, ect, tmp_path):
     journal = tmp_path / "study.journal.log"
     broken: list[int] = []
