@@ -142,6 +142,7 @@ from services.planner.pool import DEFAULT_MAX_RESTARTS, POLL_S, PoolError, Worke
 from services.planner.progress import ClusterProgress, InFlight
 from services.planner.slow_start import slow_start_note
 from services.planner.storage import mask_url, open_storage, study_name_for
+from services.planner.study_lock import StudyLock, lock_study
 from services.planner.unit_sharing import SharedUnits
 from services.planner.warm_library import DEFAULT_WARM_START_CASES, library_seed_plans
 
@@ -365,6 +366,7 @@ class DistributedSearch:
         self._fine_seconds: dict[str, float] = {}
         self._prepared = False
         self._ran = False
+        self._study_lock: StudyLock | None = None  # held from prepare() to the end of run()
         self._storage_failed = False
         self.stall_grace_s = (
             SILENCE_LIMIT_S
@@ -401,12 +403,26 @@ class DistributedSearch:
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None
+        self._release_study()
+
+    def _release_study(self) -> None:
+        if self._study_lock is not None:
+            self._study_lock.release()
+            self._study_lock = None
 
     # ---- set-up ------------------------------------------------------------------------
 
     def prepare(self) -> None:
         """Everything that can fail on bad input, before any cluster work: the anatomy, both
-        cases, the search space (an unreachable target fails here), sampler and storage."""
+        cases, the search space (an unreachable target fails here), sampler and storage (a
+        study another search holds now: ``StudyBusyError``)."""
+        try:
+            self._prepare()
+        except BaseException:
+            self._release_study()  # a study it could not open is not kept from others
+            raise
+
+    def _prepare(self) -> None:
         a = self.anatomy_input
         self.anatomy = a if isinstance(a, Anatomy) else load_anatomy(a)
         self.case_coarse, self.case_fine = self.spec.prepare(self.anatomy)
@@ -426,6 +442,11 @@ class DistributedSearch:
             multi_objective=self.multi_objective, target_scope=self.case_fine.target_scope,
         )  # fmt: skip
         storage = open_storage(self.storage_url)
+        # Before the study is opened: a refused search reads and writes nothing of it.
+        self._study_lock = lock_study(
+            self.storage_url, storage, self.study_name,
+            mask_url(str(self.storage_url)) if self.storage_url is not None else "memory",
+        )  # fmt: skip
         self.study = open_study(
             self.space, self.sampler, multi_objective=self.multi_objective, storage=storage,
             study_name=self.study_name,
@@ -514,8 +535,11 @@ class DistributedSearch:
         def stop_start() -> bool:
             return self._cancelled() or self._late()
 
-        with _ctrl_c_cancels(self.cancel_event):
-            return self._run(stop_start)
+        try:
+            with _ctrl_c_cancels(self.cancel_event):
+                return self._run(stop_start)
+        finally:  # the study is written (and flushed) by now: another search may have it
+            self._release_study()
 
     def _run(self, stop_start: Callable[[], bool]) -> SearchResult:
         """``_search``, with a failing study storage, wherever it shows (a tell, a cancel's

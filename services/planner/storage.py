@@ -22,7 +22,8 @@ pandas)::
 
 PostgreSQL (``postgresql://user:password@host:5432/db``), for studies a cluster's searches
 and batch jobs keep in one place (one search at a time per study: a search reads its stored
-trials when it opens the study and does not see another's written later), needs the
+trials when it opens the study and does not see another's written later, so the driver holds
+the study while it searches, services/planner/study_lock.py), needs the
 ``psycopg2-binary`` driver. Connections time out after ``CONNECT_TIMEOUT_S``, so an
 unreachable database is an error within seconds, never a hang.
 """
