@@ -14,7 +14,9 @@ in /dev/shm when it has room, so nothing reaches a disk) and removes it when exp
 An island writes each pair it solved there as one file named by its geometry hash (written to
 a temporary name and renamed into place, so a reader never sees half a file), and before it
 evaluates a plan it reads the pairs its cache lacks that another island wrote. Each island
-keeps at most its share of the byte budget in the folder, removing its oldest files first. A
+keeps at most its share of the byte budget in the folder, removing its oldest files first; each
+file names its writer's slot, so that a replacement island (its worker died) takes over what its
+predecessor wrote, and the folder stays within the budget however many workers die. A
 file that is missing or unreadable only means that pair is solved again: sharing saves time,
 it never decides a result (a shared solution is the one the writer computed for the same
 geometry, exactly what the reader would have computed).
@@ -122,8 +124,9 @@ def _fast_root(max_bytes: int) -> str | None:
     return None
 
 
-def write_unit(path: Path, key: str, cached: CachedUnit) -> int:
-    """Write one unit solution (atomically: a temporary name, then renamed); its bytes."""
+def write_unit(path: Path, key: str, cached: CachedUnit, writer: int = 0) -> int:
+    """Write one unit solution (atomically: a temporary name, then renamed) for island slot
+    ``writer``; its bytes."""
     if not _KEY.fullmatch(key):
         raise ValueError(f"{key!r} is not a pair geometry hash")
     s = cached.solution
@@ -132,6 +135,7 @@ def write_unit(path: Path, key: str, cached: CachedUnit) -> int:
     header = json.dumps(
         {
             "key": key,
+            "writer": writer,
             "anode_geometry": cached.anode_geometry,
             "anode_current_A": s.anode_current_A,
             "cathode_current_A": s.cathode_current_A,
@@ -158,18 +162,41 @@ def write_unit(path: Path, key: str, cached: CachedUnit) -> int:
     return len(_MAGIC) + _LENGTH.size + len(header) + potential.nbytes + field.nbytes
 
 
-def read_unit(file: Path, key: str, grid_shape: tuple[int, ...]) -> CachedUnit:
-    """Read one unit solution; ValueError when the file is not one for ``key`` on a grid of
-    ``grid_shape`` (OSError when it cannot be read)."""
-    data = bytearray(file.read_bytes())  # writable: the arrays below are views of it
+def _header(data: bytes | bytearray, file: Path) -> tuple[dict[str, Any], int]:
+    """A unit file's JSON header and where its arrays start (ValueError: not a unit file)."""
     start = len(_MAGIC) + _LENGTH.size
     if data[: len(_MAGIC)] != _MAGIC or len(data) < start:
         raise ValueError(f"{file} is not a unit solution")
     (length,) = _LENGTH.unpack_from(data, len(_MAGIC))
     header = json.loads(data[start : start + length])
-    if not isinstance(header, dict) or header.get("key") != key:
+    if not isinstance(header, dict):
+        raise ValueError(f"{file} is not a unit solution")
+    return header, start + length
+
+
+def writer_of(file: Path) -> int | None:
+    """The island slot that wrote a unit file, from its header alone (None: not a unit file,
+    or one without a writer)."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(len(_MAGIC) + _LENGTH.size)
+            if len(head) < len(_MAGIC) + _LENGTH.size:
+                return None
+            (length,) = _LENGTH.unpack_from(head, len(_MAGIC))
+            header, _ = _header(head + f.read(length), file)
+    except (OSError, ValueError, struct.error):
+        return None
+    writer = header.get("writer")
+    return writer if isinstance(writer, int) else None
+
+
+def read_unit(file: Path, key: str, grid_shape: tuple[int, ...]) -> CachedUnit:
+    """Read one unit solution; ValueError when the file is not one for ``key`` on a grid of
+    ``grid_shape`` (OSError when it cannot be read)."""
+    data = bytearray(file.read_bytes())  # writable: the arrays below are views of it
+    header, offset = _header(data, file)
+    if header.get("key") != key:
         raise ValueError(f"{file} does not hold pair {key!r}")
-    offset = start + length
     arrays = []
     for name, dtype in _DTYPES.items():
         dtype_str, shape = header[name]
@@ -209,9 +236,26 @@ class UnitFolder:
             )
         self.link = link
         self.path = Path(link.path)
+        self.slot = slot
         self.own: OrderedDict[str, int] = OrderedDict()  # files this island wrote: bytes
         self.own_bytes = 0
         self.write_errors = 0
+        self._take_over()
+
+    def _take_over(self) -> None:
+        """Count as this island's the files an earlier island of its slot wrote (a worker that
+        died, this one its replacement), oldest first, so that they share its budget."""
+        found: list[tuple[float, str, int]] = []
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.path):
+                if _KEY.fullmatch(entry.name) and writer_of(Path(entry.path)) == self.slot:
+                    with contextlib.suppress(OSError):
+                        info = entry.stat()
+                        found.append((info.st_mtime, entry.name, info.st_size))
+        for _, key, nbytes in sorted(found):
+            self.own[key] = nbytes
+            self.own_bytes += nbytes
+        self._trim()
 
     def take(self, evaluator: PlanEvaluator, keys: Iterable[str]) -> int:
         """Adopt the pairs of ``keys`` the evaluator's cache lacks that another island wrote;
@@ -240,12 +284,16 @@ class UnitFolder:
             if cached is None or key in self.own:
                 continue
             try:
-                nbytes = write_unit(self.path, key, cached)
+                nbytes = write_unit(self.path, key, cached, self.slot)
             except (OSError, ValueError):
                 self.write_errors += 1
                 continue
             self.own[key] = nbytes
             self.own_bytes += nbytes
+        self._trim()
+
+    def _trim(self) -> None:
+        """Remove this island's oldest files beyond its share of the budget."""
         while self.own_bytes > self.link.max_bytes_each and self.own:
             old, nbytes = self.own.popitem(last=False)
             self.own_bytes -= nbytes

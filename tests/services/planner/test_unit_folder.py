@@ -20,6 +20,7 @@ from services.planner.unit_folder import (
     UnitFolderUnreachableError,
     read_unit,
     write_unit,
+    writer_of,
 )
 from tests.evaluate.cases import lesion_case, square_plan
 
@@ -42,6 +43,16 @@ def _solved(solver: PlanEvaluator) -> tuple[str, CachedUnit]:
     cached = solver.cached_unit(key)
     assert cached is not None
     return key, cached
+
+
+def _square_pairs(solver: PlanEvaluator) -> tuple[list[str], CachedUnit]:
+    """The square plan's 6 pairs, solved: their keys and the first one's unit solution."""
+    plan = square_plan("ect", 1100.0, 8, 5.0)
+    solver.evaluate(plan)
+    keys = plan.pair_geometry_hashes()
+    one = solver.cached_unit(keys[0])
+    assert one is not None
+    return keys, one
 
 
 def test_a_unit_reads_back_as_written(tmp_path: Path, evaluators):
@@ -111,17 +122,36 @@ def test_islands_take_what_another_solved_and_solve_what_they_cannot_read(evalua
 
 def test_an_island_keeps_its_share_of_the_budget(evaluators):
     solver = evaluators[0]
-    plan = square_plan("ect", 1100.0, 8, 5.0)
-    solver.evaluate(plan)
-    keys = plan.pair_geometry_hashes()
-    one = solver.cached_unit(keys[0])
-    assert one is not None
+    keys, one = _square_pairs(solver)
     link = UnitFolderLink.create(max_bytes=2 * (one.nbytes + 4096), islands=1)
     try:
         folder = UnitFolder(link, slot=0)
         folder.publish(solver, keys)  # 6 pairs, room for 2: the oldest 4 removed
         assert sorted(os.listdir(link.path)) == sorted(keys[-2:])
         assert folder.own_bytes <= link.max_bytes_each and list(folder.own) == keys[-2:]
+    finally:
+        link.remove()
+
+
+def test_a_replacement_island_takes_over_its_predecessors_files_and_share(evaluators):
+    solver = evaluators[0]
+    keys, one = _square_pairs(solver)
+    link = UnitFolderLink.create(max_bytes=2 * 3 * (one.nbytes + 4096), islands=2)
+    try:
+        other, dead = UnitFolder(link, slot=0), UnitFolder(link, slot=1)
+        other.publish(solver, keys[:2])
+        dead.publish(solver, keys[2:5])  # its whole share: 3 pairs
+        assert writer_of(Path(link.path, keys[2])) == 1
+        assert writer_of(Path(link.path, keys[0])) == 0
+        # Its worker died: the replacement counts the 3 files as its own, oldest first, so
+        # one more pair removes the oldest of them and the folder keeps within the budget.
+        replacement = UnitFolder(link, slot=1)
+        assert list(replacement.own) == keys[2:5] and replacement.own_bytes == dead.own_bytes
+        replacement.publish(solver, keys[5:])
+        assert list(replacement.own) == [*keys[3:5], keys[5]]
+        assert sorted(os.listdir(link.path)) == sorted([*keys[:2], *keys[3:]])
+        sizes = sum(f.stat().st_size for f in Path(link.path).iterdir())
+        assert sizes <= 2 * link.max_bytes_each
     finally:
         link.remove()
 
