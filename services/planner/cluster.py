@@ -207,10 +207,13 @@ def connect(
             # Ray waits 30 s for its GCS to bind a port. Right after the whole test suite the
             # first `./run main` missed that twice in a row (2026-11-28; a minute later Ray
             # started in 5 s), so a local start waits longer unless the user says otherwise.
+            # The likely cause, since fixed: gRPC's fork handlers aborted the GCS's process
+            # before its exec (services/__init__.py).
             os.environ.setdefault(GCS_PORT_WAIT_ENV, str(GCS_PORT_WAIT_S))
             started = time.perf_counter()
-            # A loaded machine can miss Ray's own start-up deadline once; a second start
-            # almost always succeeds, so try twice before giving up.
+            # A loaded machine can miss Ray's own start-up deadline once (and did, while gRPC's
+            # fork handlers could abort a Ray process before its exec: services/__init__.py);
+            # a second start almost always succeeds, so try twice before giving up.
             for attempt in (1, 2):
                 try:
                     ray.init(
