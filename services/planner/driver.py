@@ -191,6 +191,7 @@ class _FineTask:
     handle: ActorHandle  # the actor it went to: a replaced worker has a new one
     order: int  # submission order: an actor runs its tasks in this order
     resent: bool = False  # already sent again after its first worker died
+    sent_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -443,6 +444,7 @@ class DistributedSearch:
         )  # fmt: skip
         storage = open_storage(self.storage_url)
         # Before the study is opened: a refused search reads and writes nothing of it.
+        self._release_study()  # prepared again: its own lock would refuse it
         self._study_lock = lock_study(
             self.storage_url, storage, self.study_name,
             mask_url(str(self.storage_url)) if self.storage_url is not None else "memory",
@@ -622,10 +624,14 @@ class DistributedSearch:
 
     def _quiet_since(self, held: Iterable[tuple[int, float]]) -> dict[int, float]:
         """Per slot holding plans (``held``: slot, when a plan still out was sent): since when
-        it has not answered, the later of its last answer and its oldest plan's sending."""
+        it has not answered. Without a time limit the later of its last answer and its oldest
+        plan's sending (a worker answering a long queue is not silent); under one its oldest
+        plan's sending, so that nothing is waited for beyond one grace past the phase."""
         oldest: dict[int, float] = {}
         for index, sent_at in held:
             oldest[index] = min(sent_at, oldest.get(index, sent_at))
+        if self.time_limit_s is not None:
+            return oldest
         return {i: max(t, self._heard.get(i, t)) for i, t in oldest.items()}
 
     def _stall_message(self, what: str) -> str:
@@ -756,20 +762,29 @@ class DistributedSearch:
         if not silent:
             return
         self._stall_seen = True
+        message = self._stall_message("not evaluated")
+        if self.time_limit_s is not None:  # exploration is over: nothing more is waited for
+            self._abandon(message, kill=False)
         # Retired before any tell: a tell may ask new plans, which must go to the others.
         for worker in silent.values():
-            self.pool.retire(worker)
-        lost = _Outcome(None, self._stall_message("not evaluated"))
+            self._retire(worker)
         for ref, task in sorted(self.inflight.items(), key=lambda item: item[1].order):
             if task.worker.index in silent:
                 del self.inflight[ref]
-                self._record(task, lost)
+                self._record(task, _Outcome(None, message))
         self.notes.append(
             self._stall_message(
                 f"worker(s) {', '.join(str(i) for i in sorted(silent))} stopped: their plans "
                 "were told FAIL"
             )
         )
+
+    def _retire(self, worker: Worker) -> None:
+        """Stop a silent worker for good; the pair solutions it held are gone with it."""
+        assert self.pool is not None
+        self.pool.retire(worker)
+        self.affinity.forget(_actor_key(worker))
+        self.shared.forget_owner(_actor_key(worker))
 
     def _receive(self, ref: ray.ObjectRef) -> None:
         task = self.inflight.pop(ref)
@@ -970,7 +985,11 @@ class DistributedSearch:
         def fine(plan: Plan) -> PlanEvaluation:
             found = results.get(plan_identity(plan))
             if found is None:
-                raise PlanError("fine evaluation not finished: the time limit had passed")
+                raise PlanError(
+                    "fine evaluation not finished: "
+                    + ("the time limit had passed" if self.pool and self.pool.alive
+                       else "no worker was left")
+                )  # fmt: skip
             if isinstance(found, str):
                 raise PlanError(found)
             return found
@@ -992,11 +1011,14 @@ class DistributedSearch:
                 return self._cancel()
             results.update(got)
             rounds += 1
-            if self._late():
+            if self._late() or not self.pool.alive:
                 break
             picked = levels.next_round(candidates, fine_so_far(), rounds)
         levels.max_rounds = max(rounds, 1)
-        lowered = [] if self._late() else levels.backoff(candidates, fine_so_far())
+        lowered = (
+            [] if self._late() or not self.pool.alive
+            else levels.backoff(candidates, fine_so_far())
+        )  # fmt: skip
         if lowered:
             got = self._fine_evaluations(lowered)
             if got is None:
@@ -1049,9 +1071,11 @@ class DistributedSearch:
         self, picked: Sequence[Candidate]
     ) -> dict[str, PlanEvaluation | str] | None:
         """Fine evaluations of ``picked`` in parallel (candidate i on live worker i mod n);
-        None when cancelled. Waits for all, or once late for the first that evaluates, and not
-        past the grace after the later of the time limit and their sending (``_stalled``). A
-        worker that dies loses the candidate it was evaluating (``_fine_worker_died``)."""
+        None when cancelled. Waits for all, or once late for the first that evaluates. Under
+        a time limit not past the grace after the later of the limit and their sending;
+        without one, a worker quiet for the grace (``_stalled``) is stopped and its candidates
+        are lost, while the others' are still waited for. A worker that dies loses the
+        candidate it was evaluating (``_fine_worker_died``)."""
         assert self.pool is not None
         alive = self.pool.alive
         if not alive:  # every worker stopped answering, or died
@@ -1065,6 +1089,26 @@ class DistributedSearch:
             ref = self.pool.submit(worker, candidate.plan, "fine")
             pending[ref] = _FineTask(candidate, worker, worker.handle, next(sent), resent)
 
+        def take(ref: ray.ObjectRef) -> None:
+            if ref not in pending:
+                return  # settled with its dead worker's other candidates
+            task = pending.pop(ref)
+            self._heard[task.worker.index] = time.monotonic()
+            try:
+                reply: Reply = ray.get(ref)
+            except RayActorError:
+                self._fine_worker_died(ref, task, pending, out, send)
+                return
+            except RayTaskError as exc:
+                out[plan_identity(task.candidate.plan)] = (
+                    f"fine evaluation raised {exc.cause or exc}"
+                )
+                return
+            self._fine_result(task, reply, out)
+
+        def quiet() -> dict[int, float]:
+            return self._quiet_since((t.worker.index, t.sent_at) for t in pending.values())
+
         for i, c in enumerate(picked):
             send(c, alive[i % len(alive)])
         out: dict[str, PlanEvaluation | str] = {}
@@ -1075,16 +1119,19 @@ class DistributedSearch:
             if self._late() and have_first:
                 break
             since = None if self.deadline is None else max(self.deadline, sent_at)
-            quiet = self._quiet_since((t.worker.index, sent_at) for t in pending.values())
-            if self._stalled(since, quiet):
+            if self._stalled(since, quiet()):
                 self._stall_seen = True
                 if self.deadline is not None:  # the search is over: keep what has evaluated
                     note = self._stall_message("the fine re-evaluation stopped waiting")
                     self.notes.append(note)
                     break
-                # No time limit: the silent workers' candidates are lost (a later round would
+                # No time limit: first what has arrived (a worker that just answered is not
+                # silent); then the silent workers' candidates are lost (a later round would
                 # wait for them again), the others' still waited for.
-                silent = self._retire_quiet(quiet)
+                done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+                for ref in done:
+                    take(ref)
+                silent = self._retire_quiet(quiet())
                 lost = self._stall_message("not evaluated")
                 for ref, t in list(pending.items()):
                     if t.worker.index in silent:
@@ -1093,21 +1140,7 @@ class DistributedSearch:
                 continue
             done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
             for ref in done:
-                if ref not in pending:
-                    continue  # settled with its dead worker's other candidates
-                task = pending.pop(ref)
-                self._heard[task.worker.index] = time.monotonic()
-                try:
-                    reply: Reply = ray.get(ref)
-                except RayActorError:
-                    self._fine_worker_died(ref, task, pending, out, send)
-                    continue
-                except RayTaskError as exc:
-                    out[plan_identity(task.candidate.plan)] = (
-                        f"fine evaluation raised {exc.cause or exc}"
-                    )
-                    continue
-                self._fine_result(task, reply, out)
+                take(ref)
             # As in TwoFidelity.refine: once late, keep what has evaluated, in coarse order.
             have_first = any(isinstance(out.get(plan_identity(c.plan)), PlanEvaluation)
                              for c in picked)  # fmt: skip
@@ -1120,11 +1153,12 @@ class DistributedSearch:
         now = time.monotonic()
         silent = sorted(i for i, t in quiet.items() if now - t >= self.stall_grace_s)
         for index in silent:
-            self.pool.retire(self.pool.workers[index])
-        stopped = ", ".join(map(str, silent))
-        self.notes.append(
-            self._stall_message(f"worker(s) {stopped} stopped in the fine re-evaluation")
-        )
+            self._retire(self.pool.workers[index])
+        if silent:
+            stopped = ", ".join(map(str, silent))
+            self.notes.append(
+                self._stall_message(f"worker(s) {stopped} stopped in the fine re-evaluation")
+            )
         return set(silent)
 
     def _fine_result(
@@ -1323,9 +1357,11 @@ class DistributedSearch:
     def evaluate_with_fields(self, plan: Plan) -> EvaluatedPlan:
         """The fine evaluation of ``plan`` with its fields, from the worker that evaluated it
         (its cache holds the solutions), else any worker, else in this process; in this
-        process at once after workers stopped answering (``_stalled``)."""
+        process at once after workers stopped answering under a time limit (``_stalled``;
+        without one the silent workers were stopped and the others answer)."""
         key = plan_identity(plan)
-        if self.pool is not None and self.pool.alive and not self._stall_seen:
+        answering = not self._stall_seen or self.time_limit_s is None
+        if self.pool is not None and self.pool.alive and answering:
             alive = self.pool.alive
             index = self._fine_worker.get(key)
             ordered = sorted(alive, key=lambda w: w.index != index)

@@ -484,11 +484,7 @@ class IslandExploration:
     def _died(self, worker: Worker) -> None:
         search = self.search
         search.stats.worker_deaths += 1
-        owner = (worker.index, worker.deaths)
-        for index, pending in self.bundles.items():  # its bundles died with it
-            self.bundles[index] = [b for b in pending if b.owner != owner]
-            if index != worker.index:
-                self.dead_owners[index].append(owner)
+        self._forget_bundles(worker)
         self._drop_calls(
             worker,
             f"not evaluated: worker {worker.index} (pid {worker.pid}) died during the "
@@ -498,6 +494,14 @@ class IslandExploration:
         # The replacement's island starts empty: it is handed the whole study so far (and the
         # live islands' bundles still pending for the slot), or reads it from the journal.
         self.outbox[worker.index] = [] if self.direct else self._finished_trials()
+
+    def _forget_bundles(self, worker: Worker) -> None:
+        """The pair solutions ``worker``'s actor put in Ray's object store died with it."""
+        owner = (worker.index, worker.deaths)
+        for index, pending in self.bundles.items():
+            self.bundles[index] = [b for b in pending if b.owner != owner]
+            if index != worker.index:
+                self.dead_owners[index].append(owner)
 
     def _stop_silent_workers(self) -> None:
         """Past the grace (``_stalled``): stop the workers whose running call has not streamed
@@ -527,6 +531,7 @@ class IslandExploration:
         # shared) the process is on this host, so it is killed at once as well.
         for worker in silent:
             self.pool.retire(worker)
+            self._forget_bundles(worker)  # the search may go on without a time limit
             if worker.pid is not None and self._here(worker):
                 with contextlib.suppress(OSError):
                     os.kill(worker.pid, signal.SIGKILL)

@@ -154,8 +154,9 @@ class WorkerPool:
             )
 
     def retire(self, worker: Worker) -> None:
-        """Stop a worker that does not answer, with no replacement (a search past its time
-        limit has no use for one). Not counted as a death."""
+        """Stop a worker that does not answer, with no replacement (past a time limit there is
+        no use for one; without one, a replacement the cluster could not place is what may
+        have gone silent). Not counted as a death."""
         with contextlib.suppress(Exception):  # already gone
             ray.kill(worker.handle, no_restart=True)
         worker.retired = True

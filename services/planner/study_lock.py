@@ -12,7 +12,9 @@ How, by storage:
   the lock with the process; the holder removes the file when it ends.
 - PostgreSQL: a session advisory lock keyed by the study name, on a connection of its own
   whose ``application_name`` names the holder. The server drops it with the connection; TCP
-  keepalives end the connection of a host that vanished within ``KEEPALIVE_S``.
+  keepalives end the connection of a host that vanished within ``KEEPALIVE_S``. (A search
+  whose lock connection drops, the server restarting, loses the lock without noticing; its
+  trials are written all the same.)
 - any other database (MySQL) and studies in memory: not locked.
 """
 
@@ -82,10 +84,13 @@ class _FileLock(StudyLock):
             return
         # Removed while still held: a search that opens it later makes a new file, and one
         # that opened this one just before finds it gone after locking it (``_lock_file``).
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        os.close(self.fd)
-        self.fd = -1
+        # A file that cannot be removed stays, unlocked: it only names the last holder.
+        try:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        finally:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def lock_file_path(store: Path, study_name: str) -> Path:
@@ -192,7 +197,18 @@ def _advisory_lock(storage: RDBStorage, study_name: str, where: str) -> _Advisor
 
 def _advisory_holder(connection: Connection, key: int) -> str:
     """The holding session's name and start, as pg_stat_activity shows it to this role."""
-    row = connection.execute(
+    try:
+        row = _holding_session(connection, key)
+    except Exception:  # the lock was refused all the same: say so without the name
+        return "another database session"
+    if row is None or not row[0]:
+        return "another database session"
+    started = row[1].isoformat(timespec="seconds") if row[1] is not None else "?"
+    return f"{row[0]} (connected since {started})"
+
+
+def _holding_session(connection: Connection, key: int) -> Any:
+    return connection.execute(
         text(
             "SELECT a.application_name, a.backend_start FROM pg_locks l "
             "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
@@ -201,10 +217,6 @@ def _advisory_holder(connection: Connection, key: int) -> str:
         ),
         {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF},
     ).first()
-    if row is None or not row[0]:
-        return "another database session"
-    started = row[1].isoformat(timespec="seconds") if row[1] is not None else "?"
-    return f"{row[0]} (connected since {started})"
 
 
 def lock_study(

@@ -124,9 +124,9 @@ def _fast_root(max_bytes: int) -> str | None:
     return None
 
 
-def write_unit(path: Path, key: str, cached: CachedUnit, writer: int = 0) -> int:
-    """Write one unit solution (atomically: a temporary name, then renamed) for island slot
-    ``writer``; its bytes."""
+def write_unit(path: Path, key: str, cached: CachedUnit, *, writer: int, order: int) -> int:
+    """Write one unit solution (atomically: a temporary name, then renamed), the ``order``-th
+    file of island slot ``writer``; its bytes."""
     if not _KEY.fullmatch(key):
         raise ValueError(f"{key!r} is not a pair geometry hash")
     s = cached.solution
@@ -136,6 +136,7 @@ def write_unit(path: Path, key: str, cached: CachedUnit, writer: int = 0) -> int
         {
             "key": key,
             "writer": writer,
+            "order": order,
             "anode_geometry": cached.anode_geometry,
             "anode_current_A": s.anode_current_A,
             "cathode_current_A": s.cathode_current_A,
@@ -174,9 +175,9 @@ def _header(data: bytes | bytearray, file: Path) -> tuple[dict[str, Any], int]:
     return header, start + length
 
 
-def writer_of(file: Path) -> int | None:
-    """The island slot that wrote a unit file, from its header alone (None: not a unit file,
-    or one without a writer)."""
+def writer_of(file: Path) -> tuple[int, int] | None:
+    """The island slot that wrote a unit file and the file's place in its writing order, from
+    its header alone (None: not a unit file, or one without them)."""
     try:
         with open(file, "rb") as f:
             head = f.read(len(_MAGIC) + _LENGTH.size)
@@ -186,8 +187,10 @@ def writer_of(file: Path) -> int | None:
             header, _ = _header(head + f.read(length), file)
     except (OSError, ValueError, struct.error):
         return None
-    writer = header.get("writer")
-    return writer if isinstance(writer, int) else None
+    writer, order = header.get("writer"), header.get("order")
+    if isinstance(writer, int) and isinstance(order, int):
+        return writer, order
+    return None
 
 
 def read_unit(file: Path, key: str, grid_shape: tuple[int, ...]) -> CachedUnit:
@@ -240,21 +243,23 @@ class UnitFolder:
         self.own: OrderedDict[str, int] = OrderedDict()  # files this island wrote: bytes
         self.own_bytes = 0
         self.write_errors = 0
+        self.written = 0  # files this slot's islands wrote: the next one's order
         self._take_over()
 
     def _take_over(self) -> None:
         """Count as this island's the files an earlier island of its slot wrote (a worker that
         died, this one its replacement), oldest first, so that they share its budget."""
-        found: list[tuple[float, str, int]] = []
+        found: list[tuple[int, str, int]] = []
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.path):
-                if _KEY.fullmatch(entry.name) and writer_of(Path(entry.path)) == self.slot:
+                written = writer_of(Path(entry.path)) if _KEY.fullmatch(entry.name) else None
+                if written is not None and written[0] == self.slot:
                     with contextlib.suppress(OSError):
-                        info = entry.stat()
-                        found.append((info.st_mtime, entry.name, info.st_size))
-        for _, key, nbytes in sorted(found):
+                        found.append((written[1], entry.name, entry.stat().st_size))
+        for order, key, nbytes in sorted(found):
             self.own[key] = nbytes
             self.own_bytes += nbytes
+            self.written = order + 1
         self._trim()
 
     def take(self, evaluator: PlanEvaluator, keys: Iterable[str]) -> int:
@@ -284,12 +289,13 @@ class UnitFolder:
             if cached is None or key in self.own:
                 continue
             try:
-                nbytes = write_unit(self.path, key, cached, self.slot)
+                nbytes = write_unit(self.path, key, cached, writer=self.slot, order=self.written)
             except (OSError, ValueError):
                 self.write_errors += 1
                 continue
             self.own[key] = nbytes
             self.own_bytes += nbytes
+            self.written += 1
         self._trim()
 
     def _trim(self) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from optimizer.evaluate.protocol import load_protocol
+from optimizer.search.study import SearchStudyError
 from services.planner.driver import DistributedSearch
 from services.planner.storage import default_storage_url, open_storage
 from services.planner.study_lock import StudyBusyError, lock_file_path, lock_study
@@ -114,6 +116,21 @@ def test_a_search_of_a_study_another_search_holds_is_refused(ray_cluster, lesion
         first.close()
         second.close()
     assert result.trials_run == 2 and result.trials_in_study == 4
+
+
+def test_a_search_that_cannot_open_the_study_lets_it_go(lesion, ect, tmp_path):
+    url = default_storage_url(tmp_path / "out")
+    first = DistributedSearch(lesion, ect, trials=2, workers=1, storage_url=url,
+                              study_name="shared", **QUICK)  # fmt: skip
+    first.prepare()  # makes the study for ECT
+    first.close()
+    other = DistributedSearch(lesion, load_protocol("irect"), trials=2, workers=1,
+                              storage_url=url, study_name="shared", **QUICK)  # fmt: skip
+    with pytest.raises(SearchStudyError, match="another case, protocol or search space"):
+        other.prepare()
+    lock = _lock(url, "shared")  # not left held by the search that failed
+    assert lock is not None
+    lock.release()
 
 
 @needs_postgres

@@ -58,7 +58,7 @@ def _square_pairs(solver: PlanEvaluator) -> tuple[list[str], CachedUnit]:
 def test_a_unit_reads_back_as_written(tmp_path: Path, evaluators):
     solver = evaluators[0]
     key, cached = _solved(solver)
-    nbytes = write_unit(tmp_path, key, cached)
+    nbytes = write_unit(tmp_path, key, cached, writer=0, order=0)
     assert nbytes == (tmp_path / key).stat().st_size and nbytes > cached.nbytes
     assert [p.name for p in tmp_path.iterdir()] == [key]  # no temporary file left behind
     back = read_unit(tmp_path / key, key, solver.anatomy.grid.shape)
@@ -141,12 +141,14 @@ def test_a_replacement_island_takes_over_its_predecessors_files_and_share(evalua
         other, dead = UnitFolder(link, slot=0), UnitFolder(link, slot=1)
         other.publish(solver, keys[:2])
         dead.publish(solver, keys[2:5])  # its whole share: 3 pairs
-        assert writer_of(Path(link.path, keys[2])) == 1
-        assert writer_of(Path(link.path, keys[0])) == 0
+        assert writer_of(Path(link.path, keys[2])) == (1, 0)
+        assert writer_of(Path(link.path, keys[4])) == (1, 2)
+        assert writer_of(Path(link.path, keys[0])) == (0, 0)
         # Its worker died: the replacement counts the 3 files as its own, oldest first, so
         # one more pair removes the oldest of them and the folder keeps within the budget.
         replacement = UnitFolder(link, slot=1)
         assert list(replacement.own) == keys[2:5] and replacement.own_bytes == dead.own_bytes
+        assert replacement.written == 3
         replacement.publish(solver, keys[5:])
         assert list(replacement.own) == [*keys[3:5], keys[5]]
         assert sorted(os.listdir(link.path)) == sorted([*keys[:2], *keys[3:]])
@@ -171,7 +173,7 @@ def test_a_folder_on_another_host_is_a_clear_error(tmp_path: Path):
 def test_the_arrays_are_aligned_and_checked_against_the_grid(tmp_path: Path, evaluators):
     solver = evaluators[0]
     key, cached = _solved(solver)
-    write_unit(tmp_path, key, cached)
+    write_unit(tmp_path, key, cached, writer=0, order=0)
     back = read_unit(tmp_path / key, key, solver.anatomy.grid.shape)
     arrays = (back.solution.potential_V, back.solution.field_V_per_cm)
     assert all(a.flags.aligned and a.flags.writeable for a in arrays)
@@ -180,11 +182,11 @@ def test_the_arrays_are_aligned_and_checked_against_the_grid(tmp_path: Path, eva
     wrong = dataclasses.replace(
         cached.solution, field_V_per_cm=cached.solution.field_V_per_cm[:, :, :-1]
     )
-    write_unit(tmp_path, key, dataclasses.replace(cached, solution=wrong))
+    write_unit(tmp_path, key, dataclasses.replace(cached, solution=wrong), writer=0, order=1)
     with pytest.raises(ValueError, match="field is <f4 on a"):
         read_unit(tmp_path / key, key, solver.anatomy.grid.shape)
     with pytest.raises(ValueError, match="not a pair geometry hash"):
-        write_unit(tmp_path, "../elsewhere", cached)
+        write_unit(tmp_path, "../elsewhere", cached, writer=0, order=2)
 
 
 def test_a_failed_write_leaves_no_file_behind(tmp_path: Path, evaluators, monkeypatch):
