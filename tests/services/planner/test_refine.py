@@ -45,7 +45,7 @@ def _explored(lesion, ect, make_fine, trials: int = 8) -> FineInProcess:
         tell(search.study, p, coarse.evaluate(p.plan), seconds=0.0)
         for p in ask(search.study, search.space, trials)
     ]
-    search.pool = SimpleNamespace(alive=[])
+    search.pool = SimpleNamespace(alive=[SimpleNamespace(index=0)])  # rounds need a live worker
     search.started = time.monotonic()
     search.deadline = None
     search.cancel_event = threading.Event()
