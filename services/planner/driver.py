@@ -1120,8 +1120,8 @@ class DistributedSearch:
                 break
             since = None if self.deadline is None else max(self.deadline, sent_at)
             if self._stalled(since, quiet()):
-                self._stall_seen = True
                 if self.deadline is not None:  # the search is over: keep what has evaluated
+                    self._stall_seen = True
                     note = self._stall_message("the fine re-evaluation stopped waiting")
                     self.notes.append(note)
                     break
@@ -1132,6 +1132,7 @@ class DistributedSearch:
                 for ref in done:
                     take(ref)
                 silent = self._retire_quiet(quiet())
+                self._stall_seen = self._stall_seen or bool(silent)
                 lost = self._stall_message("not evaluated")
                 for ref, t in list(pending.items()):
                     if t.worker.index in silent:
