@@ -142,7 +142,7 @@ from services.planner.pool import DEFAULT_MAX_RESTARTS, POLL_S, PoolError, Worke
 from services.planner.progress import ClusterProgress, InFlight
 from services.planner.slow_start import slow_start_note
 from services.planner.storage import mask_url, open_storage, study_name_for
-from services.planner.study_lock import StudyLock, lock_study
+from services.planner.study_lock import CONFIRM_EVERY_S, StudyLock, lock_study
 from services.planner.unit_sharing import SharedUnits
 from services.planner.warm_library import DEFAULT_WARM_START_CASES, library_seed_plans
 
@@ -368,6 +368,7 @@ class DistributedSearch:
         self._prepared = False
         self._ran = False
         self._study_lock: StudyLock | None = None  # held from prepare() to the end of run()
+        self._study_confirmed = 0.0  # when the lock was last found held (``_confirm_study``)
         self._storage_failed = False
         self.stall_grace_s = (
             SILENCE_LIMIT_S
@@ -449,6 +450,7 @@ class DistributedSearch:
             self.storage_url, storage, self.study_name,
             mask_url(str(self.storage_url)) if self.storage_url is not None else "memory",
         )  # fmt: skip
+        self._study_confirmed = time.monotonic()
         self.study = open_study(
             self.space, self.sampler, multi_objective=self.multi_objective, storage=storage,
             study_name=self.study_name,
@@ -924,7 +926,22 @@ class DistributedSearch:
 
     # ---- progress ----------------------------------------------------------------------
 
+    def _confirm_study(self) -> None:
+        """Every ``CONFIRM_EVERY_S`` of exploration: make sure the search still holds its
+        study (a PostgreSQL lock ends with its connection). A lock taken again is noted; a
+        study another search took meanwhile stops this one (``StudyLostError``), its told
+        trials stored."""
+        now = time.monotonic()
+        if self._study_lock is None or now < self._study_confirmed + CONFIRM_EVERY_S:
+            return
+        self._study_confirmed = now
+        note = self._study_lock.confirm()
+        if note is not None and note not in self.notes:
+            self.notes.append(note)
+
     def _report(self, phase: str, message: str) -> None:
+        if phase == "explore":  # every mode reports each trial; later phases add none
+            self._confirm_study()
         if self.on_progress is None:
             return
         now = time.monotonic()

@@ -12,9 +12,11 @@ How, by storage:
   the lock with the process; the holder removes the file when it ends.
 - PostgreSQL: a session advisory lock keyed by the study name, on a connection of its own
   whose ``application_name`` names the holder. The server drops it with the connection; TCP
-  keepalives end the connection of a host that vanished within ``KEEPALIVE_S``. (A search
-  whose lock connection drops, the server restarting, loses the lock without noticing; its
-  trials are written all the same.)
+  keepalives end the connection of a host that vanished within ``KEEPALIVE_S``. A search
+  whose lock connection drops (the server restarting, a network cut, the session ended by an
+  administrator) has lost the lock: ``confirm``, which the driver calls every
+  ``CONFIRM_EVERY_S``, finds that out, takes the lock again on a new connection, or, when
+  another search took the study meanwhile, stops the search naming it.
 - any other database (MySQL) and studies in memory: not locked.
 """
 
@@ -42,6 +44,8 @@ from optimizer.search.study import SearchStudyError, journal_path
 # A lock connection whose peer stops answering is closed after idle + interval * count seconds.
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 10, 5, 3
 KEEPALIVE_S = KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_COUNT
+# How often a search makes sure it still holds its study (one small query on PostgreSQL).
+CONFIRM_EVERY_S = 10.0
 # Tries at a lock file that its holder removed between our open and our lock.
 _FILE_TRIES = 5
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
@@ -49,6 +53,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 
 class StudyBusyError(SearchStudyError):
     """Another search holds the study now."""
+
+
+class StudyLostError(StudyBusyError):
+    """A search lost its hold on the study and another search took it."""
 
 
 def _holder() -> dict[str, Any]:
@@ -73,6 +81,12 @@ class StudyLock(ABC):
     @abstractmethod
     def release(self) -> None:
         """Let another search have the study (idempotent)."""
+
+    def confirm(self) -> str | None:
+        """Make sure the lock is still held: None when it is; a note when it had been lost
+        and is held again; ``StudyLostError`` when another search holds the study now. A
+        file lock cannot be lost while its process lives."""
+        return None
 
 
 class _FileLock(StudyLock):
@@ -141,9 +155,51 @@ def _read_holder(fd: int) -> str:
 
 
 class _AdvisoryLock(StudyLock):
-    def __init__(self, engine: Engine, connection: Connection) -> None:
+    def __init__(
+        self, engine: Engine, connection: Connection, key: int, study_name: str, where: str
+    ) -> None:
         self.engine, self.connection = engine, connection
+        self.key, self.study_name, self.where = key, study_name, where
         self.held = True
+
+    def confirm(self) -> str | None:
+        if not self.held:
+            return None
+        try:
+            if self.connection.execute(_HELD_SQL, _key_params(self.key)).scalar():
+                self.connection.commit()
+                return None
+        except Exception:  # the connection is gone (server restart, network cut, terminated)
+            pass
+        with contextlib.suppress(Exception):
+            self.connection.close()
+        try:
+            connection = self.engine.connect()
+        except Exception as exc:  # the database is down: its trial writes fail and say so
+            return (
+                f"lost the lock of study {self.study_name!r} in {self.where} (its connection "
+                f"dropped) and could not connect again: {_reason(exc)}; trying again"
+            )
+        try:
+            taken = _try_lock(connection, self.key)
+            holder = None if taken else _advisory_holder(connection, self.key)
+        except BaseException:
+            connection.close()
+            raise
+        if taken:
+            self.connection = connection
+            return (
+                f"the lock of study {self.study_name!r} in {self.where} was lost (its database "
+                "connection dropped) and has been taken again; no other search had taken it"
+            )
+        connection.close()
+        self.release()
+        raise StudyLostError(
+            f"study {self.study_name!r} in {self.where} was taken by {holder} after this "
+            "search's lock connection to the database dropped: this search stopped so that the "
+            "two do not mix their trial numbers. The trials it told are stored; plan again "
+            "once that search has ended to resume the study"
+        )
 
     def release(self) -> None:
         if not self.held:
@@ -176,23 +232,33 @@ def _advisory_lock(storage: RDBStorage, study_name: str, where: str) -> _Advisor
     key = advisory_key(study_name)
     try:
         connection = engine.connect()
-    except Exception as exc:  # SQLAlchemy's OperationalError and friends, driver-specific
+    except Exception as exc:
         engine.dispose()
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         raise SearchStudyError(
-            f"cannot lock study {study_name!r} in {where}: "
-            f"{reason[0] if reason else type(exc).__name__}"
+            f"cannot lock study {study_name!r} in {where}: {_reason(exc)}"
         ) from exc
     try:
-        got = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-        connection.commit()  # the session lock outlives the transaction
-        if not got:
+        if not _try_lock(connection, key):
             raise _busy(study_name, where, _advisory_holder(connection, key))
     except BaseException:
         connection.close()
         engine.dispose()
         raise
-    return _AdvisoryLock(engine, connection)
+    return _AdvisoryLock(engine, connection, key, study_name, where)
+
+
+def _try_lock(connection: Connection, key: int) -> bool:
+    """Take the session advisory lock ``key`` if it is free."""
+    got = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+    connection.commit()  # the session lock outlives the transaction
+    return bool(got)
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of a connection error (SQLAlchemy's OperationalError and friends wrap
+    the driver's own)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _advisory_holder(connection: Connection, key: int) -> str:
@@ -207,16 +273,29 @@ def _advisory_holder(connection: Connection, key: int) -> str:
     return f"{row[0]} (connected since {started})"
 
 
+def _key_params(key: int) -> dict[str, int]:
+    """A bigint advisory key as pg_locks shows it: high and low halves, unsigned."""
+    return {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}
+
+
+# The granted advisory lock of key (:hi, :lo) in pg_locks ``l``.
+_KEY_HELD = (
+    "l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+    "AND l.classid::bigint = :hi AND l.objid::bigint = :lo"
+)
+# Whether this session holds the key (``_AdvisoryLock.confirm``).
+_HELD_SQL = text(
+    f"SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {_KEY_HELD} AND l.pid = pg_backend_pid())"
+)
+# Who holds it: the holding session's name and start.
+_HOLDER_SQL = text(
+    "SELECT a.application_name, a.backend_start FROM pg_locks l "
+    f"JOIN pg_stat_activity a ON a.pid = l.pid WHERE {_KEY_HELD}"
+)
+
+
 def _holding_session(connection: Connection, key: int) -> Any:
-    return connection.execute(
-        text(
-            "SELECT a.application_name, a.backend_start FROM pg_locks l "
-            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-            "AND l.granted AND l.objsubid = 1 AND l.classid::bigint = :hi "
-            "AND l.objid::bigint = :lo"
-        ),
-        {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF},
-    ).first()
+    return connection.execute(_HOLDER_SQL, _key_params(key)).first()
 
 
 def lock_study(

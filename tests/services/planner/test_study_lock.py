@@ -16,7 +16,13 @@ from optimizer.evaluate.protocol import load_protocol
 from optimizer.search.study import SearchStudyError
 from services.planner.driver import DistributedSearch
 from services.planner.storage import default_storage_url, open_storage
-from services.planner.study_lock import StudyBusyError, lock_file_path, lock_study
+from services.planner.study_lock import (
+    StudyBusyError,
+    StudyLock,
+    StudyLostError,
+    lock_file_path,
+    lock_study,
+)
 from tests.services.planner.conftest import QUICK
 
 POSTGRES_URL = os.environ.get("ECTPLAN_TEST_POSTGRES_URL")
@@ -143,3 +149,94 @@ def test_lock_sessions_name_their_holder_to_postgresql():
     finally:
         assert lock is not None
         lock.release()
+
+
+def _cut_connection(lock) -> None:  # type: ignore[no-untyped-def]
+    """End a PostgreSQL lock's session from another connection, as a server restart or an
+    administrator would: the server drops the session's advisory locks with it."""
+    from sqlalchemy import create_engine, text
+
+    backend = lock.connection.execute(text("SELECT pg_backend_pid()")).scalar()
+    lock.connection.commit()
+    engine = create_engine(lock.engine.url)
+    try:
+        with engine.connect() as other:
+            assert other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": backend}).scalar()
+    finally:
+        engine.dispose()
+
+
+@needs_postgres
+def test_a_lock_whose_connection_dropped_is_taken_again():
+    assert POSTGRES_URL is not None
+    lock = _lock(POSTGRES_URL, "dropped")
+    assert lock is not None
+    try:
+        assert lock.confirm() is None  # held: nothing to say
+        _cut_connection(lock)
+        note = lock.confirm()
+        assert note is not None and "has been taken again" in note
+        with pytest.raises(StudyBusyError):  # held again, on its new connection
+            _lock(POSTGRES_URL, "dropped")
+        assert lock.confirm() is None
+    finally:
+        lock.release()
+
+
+@needs_postgres
+def test_a_lock_lost_to_another_search_says_who_took_the_study():
+    assert POSTGRES_URL is not None
+    lock = _lock(POSTGRES_URL, "taken")
+    assert lock is not None
+    _cut_connection(lock)
+    thief = _lock(POSTGRES_URL, "taken")  # free while the first search has not noticed
+    assert thief is not None
+    try:
+        with pytest.raises(StudyLostError, match=rf"was taken by ectplan search pid {os.getpid()}"):
+            lock.confirm()
+        lock.release()  # already let go: idempotent
+        assert lock.confirm() is None
+    finally:
+        thief.release()
+
+
+@needs_postgres
+def test_a_search_whose_study_is_taken_stops_and_keeps_its_trials(
+    ray_cluster, lesion, ect, tmp_path, monkeypatch
+):
+    """A search notices within ``CONFIRM_EVERY_S`` (0 here) of exploration: the first time
+    its lock connection drops it takes the lock again and says so; the second time another
+    search has taken the study and it stops, naming that search, its told trials stored."""
+    import optuna
+
+    import services.planner.driver as driver_module
+
+    assert POSTGRES_URL is not None
+    monkeypatch.setattr(driver_module, "CONFIRM_EVERY_S", 0.0)
+    name = f"lost-{tmp_path.name}"
+    search = DistributedSearch(lesion, ect, trials=40, workers=1, storage_url=POSTGRES_URL,
+                               study_name=name, **QUICK)  # fmt: skip
+    taken: list[StudyLock | None] = []
+
+    def on_progress(progress) -> None:  # type: ignore[no-untyped-def]
+        lock = search._study_lock
+        if progress.trials_done == 3 and lock is not None and len(taken) == 0:
+            _cut_connection(lock)
+            taken.append(None)
+        elif progress.trials_done == 6 and lock is not None and len(taken) == 1:
+            _cut_connection(lock)
+            taken.append(_lock(POSTGRES_URL, name))
+
+    try:
+        with pytest.raises(StudyLostError, match="this search stopped") as info:
+            search.run(on_progress=on_progress)
+        assert any("has been taken again" in note for note in search.notes)
+    finally:
+        search.close()
+        for lock in taken:
+            if lock is not None:
+                lock.release()
+    assert len(taken) == 2 and "lost-" in str(info.value)
+    stored = optuna.load_study(study_name=name, storage=open_storage(POSTGRES_URL))
+    told = [t for t in stored.get_trials(deepcopy=False) if t.state.is_finished()]
+    assert 6 <= len(told) < 40
