@@ -190,7 +190,7 @@ class _AdvisoryLock(StudyLock):
             self.connection = connection
             return (
                 f"the lock of study {self.study_name!r} in {self.where} was lost (its database "
-                "connection dropped) and has been taken again; no other search had taken it"
+                "connection dropped) and has been taken again; no other search holds the study"
             )
         connection.close()
         self.release()
