@@ -41,10 +41,19 @@ NODE_START_TIMEOUT_S = 60.0
 RUN_CLI = "import sys; from services.cli.main import main; sys.exit(main())"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port never handed out before in this session: the kernel may give a port just
+    released to the next bind, and Ray refuses two of its components on one port."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _processes() -> dict[int, tuple[int, str]]:
