@@ -166,14 +166,21 @@ def _cut_connection(lock) -> None:  # type: ignore[no-untyped-def]
         engine.dispose()
 
 
+def _held_then_cut(name: str):  # type: ignore[no-untyped-def]
+    """A PostgreSQL lock on study ``name``, confirmed held, whose connection was then cut."""
+    assert POSTGRES_URL is not None
+    lock = _lock(POSTGRES_URL, name)
+    assert lock is not None
+    assert lock.confirm() is None  # held: nothing to say
+    _cut_connection(lock)
+    return lock
+
+
 @needs_postgres
 def test_a_lock_whose_connection_dropped_is_taken_again():
     assert POSTGRES_URL is not None
-    lock = _lock(POSTGRES_URL, "dropped")
-    assert lock is not None
+    lock = _held_then_cut("dropped")
     try:
-        assert lock.confirm() is None  # held: nothing to say
-        _cut_connection(lock)
         note = lock.confirm()
         assert note is not None and "has been taken again" in note
         with pytest.raises(StudyBusyError):  # held again, on its new connection
@@ -186,9 +193,7 @@ def test_a_lock_whose_connection_dropped_is_taken_again():
 @needs_postgres
 def test_a_lock_lost_to_another_search_says_who_took_the_study():
     assert POSTGRES_URL is not None
-    lock = _lock(POSTGRES_URL, "taken")
-    assert lock is not None
-    _cut_connection(lock)
+    lock = _held_then_cut("taken")
     thief = _lock(POSTGRES_URL, "taken")  # free while the first search has not noticed
     assert thief is not None
     try:
