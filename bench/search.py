@@ -3,7 +3,7 @@
     python bench/search.py [--quick] [--seeds 5] [--cases ...] [--protocols ect irect]
                            [--samplers niche-ga ga:unseeded random:unseeded]
                            [--budgets 100 300 1000] [--out x.json] [--ours niche-ga]
-                           [--jobs 15] [--time-limit 420] [--hard-limit 480]
+                           [--jobs 15] [--time-limit 420] [--hard-limit 480] [--coarse-only]
 
 Real cases from ../shared/data/anatomy (model organs at risk added), each protocol, each
 sampler, each seed: a full ``run_search`` with the real ``PlanEvaluator`` (exploration on the
@@ -27,7 +27,12 @@ issue's target per case and protocol (better on 4 of 5 seeds at every budget; ju
 every budget compares 5 seeds or more; a pair that misses it only where a baseline found as
 good a plan says so) and how many pairs meet it; when other samplers ran too
 (TPE by default), the same comparison with every other sampler follows, without a verdict.
-Wall times on a shared CPU are indicative only.
+Then the same on the fine level: the plan a search stopped at each budget would return (the
+fine evaluation, 1 mm with sigma(E), of its best coarse plans among the trials before the
+budget, refined as ``run_search`` refines: ``returned_at``), since that is the plan a planner
+gets; the coarse grid misjudges organ limits decided within a voxel, so the two levels can
+disagree on which search found the better plan. ``--coarse-only`` refines the last budget's
+plan alone. Wall times on a shared CPU are indicative only.
 
 ``--jobs N`` (N > 1) runs N runs at a time, each in its own process (spawned, one Numba thread,
 one BLAS thread) that prepares each case and its fine evaluators once and keeps them for its
@@ -62,17 +67,20 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import optuna
 
 from optimizer.case import PreparedCase, prepare_case
 from optimizer.evaluate.evaluator import PlanEvaluator
 from optimizer.evaluate.protocol import Protocol, load_protocol
-from optimizer.search.fidelity import DEFAULT_TOP_K
-from optimizer.search.local import SearchError, SearchResult, run_search
+from optimizer.search.fidelity import DEFAULT_TOP_K, TwoFidelity
+from optimizer.search.local import SearchError, SearchResult, run_search, search_levels
 from optimizer.search.objective import ranking_key
 from optimizer.search.samplers import DEFAULT_SAMPLER
+from optimizer.search.space import HoleEncoding, SearchSpace
+from optimizer.search.study import candidates as trial_candidates
+from optimizer.search.study import completed
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = ("prostatex-0000", "picai-10032", "picai-10043")
@@ -81,6 +89,8 @@ CASES = ("prostatex-0000", "picai-10032", "picai-10043")
 # below what tells two plans apart clinically. Two samplers that found the same layout differ by
 # that much through the needles' depths alone.
 SCORE_TIE = 1e-4
+# What the comparisons rank: the best explored (coarse) plans, or the fine plans returned.
+Level = Literal["coarse", "fine"]
 # The baselines of the plan-search issue: the published genetic algorithm (random initial
 # population) and plain random search.
 BASELINES = ("ga:unseeded", "random:unseeded")
@@ -119,10 +129,19 @@ class Run:
     history: list[tuple[int, float | None, bool]] = field(default_factory=list)
     # Stopped by --hard-limit before its trial budget: left out of the tables.
     stopped_early: bool = False
+    # The plan a search of each budget returns: the fine evaluation (1 mm, sigma(E)) of the
+    # best coarse plans among the first N trials, refined as run_search refines (--refine-k,
+    # further rounds while none passes, lower voltages); empty with --coarse-only.
+    fine_at: dict[int, float] = field(default_factory=dict)
+    fine_passed_at: dict[int, bool] = field(default_factory=dict)
 
     def best_key(self, budget: int) -> tuple[int, float]:
         """The search's own order of the best plan by ``budget``: passing first, then score."""
         return ranking_key(self.passed_at.get(budget, False), self.best_at[budget])
+
+    def fine_key(self, budget: int) -> tuple[int, float]:
+        """The same order for the fine evaluation of the plan returned at ``budget``."""
+        return ranking_key(self.fine_passed_at.get(budget, False), self.fine_at[budget])
 
     @property
     def evals_per_s(self) -> float:
@@ -160,6 +179,8 @@ class Settings:
     root: Path
     budgets: tuple[int, ...]
     refine_k: int
+    # Whether to refine the best plans at every budget, not only at the last (--coarse-only).
+    fine_every_budget: bool = True
     # time.time() at which a run still exploring stops (--hard-limit); None: never.
     stop_at: float | None = None
 
@@ -194,20 +215,20 @@ def run_job(job: Job, settings: Settings) -> Run | None:
     coarse, fine = _case(settings.root, job.case)
     protocol = _PROTOCOLS[job.protocol]
     sampler, _, option = job.sampler.partition(":")
+    encoding: HoleEncoding = "categorical" if option == "categorical" else "grid"
     stop_at = settings.stop_at
     should_stop = None if stop_at is None else (lambda: time.time() >= stop_at)
+    evaluate_coarse = PlanEvaluator(coarse, protocol, nonlinear=False,
+                                    metrics_detail="search").evaluate  # fmt: skip
+    storage = optuna.storages.InMemoryStorage()  # kept to refine the plans of each budget
     started = time.perf_counter()
     try:
         result = run_search(
             coarse, fine, protocol, trials=max(settings.budgets), seed=job.seed,
-            sampler=sampler,
-            evaluate_coarse=PlanEvaluator(coarse, protocol, nonlinear=False,
-                                          metrics_detail="search").evaluate,
-            evaluate_fine=fine_evaluator.evaluate,
-            refine_top_k=settings.refine_k,
-            hole_encoding="categorical" if option == "categorical" else "grid",
-            geometric_seeds=option != "unseeded",
-            should_stop=should_stop,
+            sampler=sampler, storage=storage, study_name="bench",
+            evaluate_coarse=evaluate_coarse, evaluate_fine=fine_evaluator.evaluate,
+            refine_top_k=settings.refine_k, hole_encoding=encoding,
+            geometric_seeds=option != "unseeded", should_stop=should_stop,
         )  # fmt: skip
     except SearchError:
         if should_stop is not None and should_stop():
@@ -216,7 +237,34 @@ def run_job(job: Job, settings: Settings) -> Run | None:
     run = summarise(result, job.case, job.protocol, job.sampler, job.seed,
                     list(settings.budgets), time.perf_counter() - started)  # fmt: skip
     run.stopped_early = result.stopped_by == "cancelled"
+    if settings.fine_every_budget and not run.stopped_early:
+        space = SearchSpace.for_levels(coarse, fine, protocol, hole_encoding=encoding)
+        levels = search_levels(space, evaluate_coarse, fine_evaluator.evaluate,
+                               top_k=settings.refine_k)  # fmt: skip
+        study = optuna.load_study(study_name="bench", storage=storage)
+        last = max(settings.budgets)  # the run's own plan, refined the same way
+        run.fine_at[last], run.fine_passed_at[last] = result.score.total, result.passed
+        earlier = [b for b in settings.budgets if b != last]
+        for budget, (score, passed) in returned_at(study, space, levels, earlier).items():
+            run.fine_at[budget], run.fine_passed_at[budget] = score, passed
     return run
+
+
+def returned_at(
+    study: optuna.Study, space: SearchSpace, levels: TwoFidelity, budgets: Sequence[int]
+) -> dict[int, tuple[float, bool]]:
+    """Per budget, the fine score and pass of the plan a search stopped after that many trials
+    returns: ``levels.refine`` (as run_search refines) of the trials told before it."""
+    told = completed(study)
+    out = {}
+    for budget in budgets:
+        refined = levels.refine(trial_candidates(space, [t for t in told if t.number < budget]))
+        best = refined[0] if refined else None
+        if best is None or best.evaluation is None or best.score is None:
+            out[budget] = (float("nan"), False)
+        else:
+            out[budget] = (best.score.total, best.evaluation.passed)
+    return out
 
 
 def _init_worker() -> None:
@@ -403,6 +451,7 @@ def versus_baselines(
     budgets: list[int],
     ours: str = DEFAULT_SAMPLER,
     baselines: Sequence[str] | None = BASELINES,
+    level: Level = "coarse",
 ) -> str:
     """Per case, protocol and budget: on how many seeds ``ours`` had a strictly better best
     plan than every one of ``baselines`` run with the same seed (None: every other sampler;
@@ -410,13 +459,22 @@ def versus_baselines(
     criterion first, then the lower score, lower by more than ``SCORE_TIE``); in brackets, on
     how many it was no worse than any (ties: scores within ``SCORE_TIE``). A seed counts only
     where all of ``baselines`` ran. With ``baselines`` named, also the plan-search issue's
-    target per case and protocol (``target_verdict``) and the pairs that meet it."""
+    target per case and protocol (``target_verdict``) and the pairs that meet it.
+    ``level`` "coarse" compares the best explored plans (2 mm, constant conductivity); "fine"
+    the plans a search of that budget returns (``Run.fine_key``), where every run has them."""
+
+    def key(run: Run, budget: int) -> tuple[int, float]:
+        return run.best_key(budget) if level == "coarse" else run.fine_key(budget)
+
+    def reached(run: Run, budget: int) -> bool:
+        return budget <= run.trials and (level == "coarse" or budget in run.fine_at)
+
     by_key: dict[tuple[str, str, int], dict[str, Run]] = {}
     for r in runs:
         by_key.setdefault((r.case, r.protocol, r.seed), {})[r.sampler] = r
     named_baselines = None if baselines is None else [b for b in baselines if b != ours]
     named = ", ".join(named_baselines) if named_baselines is not None else "every other sampler"
-    lines = [f"seeds on which {ours!r} beat {named} (strictly / no worse):"]
+    lines = [f"{level} level: seeds on which {ours!r} beat {named} (strictly / no worse):"]
     combos = sorted({(r.case, r.protocol) for r in runs})
     verdicts: list[str | None] = []
     for case, protocol in combos:
@@ -433,12 +491,12 @@ def versus_baselines(
                         continue
                 if c != case or p != protocol or mine is None or not others:
                     continue
-                if any(b > r.trials for r in (mine, *others)):
+                if not all(reached(r, b) for r in (mine, *others)):
                     continue
                 total += 1
-                best_other = min(r.best_key(b) for r in others)
-                better += ahead(mine.best_key(b), best_other)
-                tied += not ahead(best_other, mine.best_key(b))
+                best_other = min(key(r, b) for r in others)
+                better += ahead(key(mine, b), best_other)
+                tied += not ahead(best_other, key(mine, b))
             counts.append(Count(better, tied, total))
         line = f"  {case:16} {protocol:6} " + "  ".join(
             f"@{b} {n.better}/{n.total} ({n.tied}/{n.total})"
@@ -474,16 +532,43 @@ def progress_line(run: Run, budget: int) -> str:
     )
 
 
+def fine_table(runs: list[Run], budgets: list[int]) -> str:
+    """Per case, protocol and sampler: the fine plans a search of each budget returns, how
+    many pass every required criterion and their median score."""
+    header = f"{'case':16} {'protocol':8} {'sampler':16} " + " ".join(
+        f"{'fine@' + str(b):>16}" for b in budgets
+    )
+    lines = [header, "-" * len(header)]
+    groups: dict[tuple[str, str, str], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.case, r.protocol, r.sampler), []).append(r)
+    for (case, protocol, sampler), rs in groups.items():
+        cells = []
+        for b in budgets:
+            have = [r for r in rs if b in r.fine_at]
+            passed = f"{sum(r.fine_passed_at[b] for r in have)}/{len(have)}"
+            score = median_or_dash([r.fine_at[b] for r in have], ".3f") if have else "-"
+            cells.append(f"{passed + ' pass ' + score:>16}")
+        lines.append(f"{case:16} {protocol:8} {sampler:16} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 def print_tables(runs: list[Run], budgets: list[int], ours: str = DEFAULT_SAMPLER) -> None:
-    """The table and the comparisons over the runs that reached their whole budget: with the
-    issue's baselines, and with every other sampler when others ran (e.g. TPE)."""
+    """The tables and the comparisons over the runs that reached their whole budget: with the
+    issue's baselines, and with every other sampler when others ran (e.g. TPE); on the coarse
+    level, then on the fine level where the runs refined every budget's plan."""
     complete = [r for r in runs if not r.stopped_early]
+    levels: list[Level] = ["coarse", "fine"] if any(r.fine_at for r in complete) else ["coarse"]
     print(table(complete, budgets))
-    print()
-    print(versus_baselines(complete, budgets, ours))
-    if {r.sampler for r in complete} - {ours, *BASELINES}:
+    if "fine" in levels:
         print()
-        print(versus_baselines(complete, budgets, ours, baselines=None))
+        print(fine_table(complete, budgets))
+    for level in levels:
+        print()
+        print(versus_baselines(complete, budgets, ours, level=level))
+        if {r.sampler for r in complete} - {ours, *BASELINES}:
+            print()
+            print(versus_baselines(complete, budgets, ours, baselines=None, level=level))
     if len(complete) < len(runs):
         print(f"({len(runs) - len(complete)} runs stopped by the hard limit left out)")
 
@@ -494,6 +579,8 @@ def load_runs(*paths: Path) -> list[Run]:
     for r in saved:
         r.best_at = {int(k): v for k, v in r.best_at.items()}
         r.passed_at = {int(k): v for k, v in r.passed_at.items()}
+        r.fine_at = {int(k): v for k, v in r.fine_at.items()}
+        r.fine_passed_at = {int(k): v for k, v in r.fine_passed_at.items()}
     return saved
 
 
@@ -514,6 +601,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--budgets", type=int, nargs="+", default=[100, 300, 1000])
     parser.add_argument("--refine-k", type=int, default=DEFAULT_TOP_K)
+    parser.add_argument(
+        "--coarse-only", action="store_true",
+        help="refine only the last budget's plan (the fine comparison per budget is left out)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="write every run as JSON")
     parser.add_argument(
         "--table", type=Path, nargs="+", default=None,
@@ -550,7 +641,7 @@ def main() -> None:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     jobs = jobs_in_order(seeds, args.cases, args.protocols, args.samplers)
     settings = Settings(
-        root, tuple(args.budgets), args.refine_k,
+        root, tuple(args.budgets), args.refine_k, fine_every_budget=not args.coarse_only,
         stop_at=None if args.hard_limit is None else time.time() + args.hard_limit,
     )  # fmt: skip
     finished: dict[int, Run] = {}

@@ -192,6 +192,23 @@ def check_budget(trials: int | None, time_limit_s: float | None, batch_size: int
         raise SearchError(f"batch_size must be >= 1 (got {batch_size})")
 
 
+def search_levels(
+    space: SearchSpace,
+    evaluate_coarse: Evaluate,
+    evaluate_fine: Evaluate,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    weights: ScoreWeights | None = None,
+) -> TwoFidelity:
+    """The exploration and refinement levels of ``run_search`` in ``space``: lower-voltage
+    variants (search.backoff) in the space's voltage steps when no refined plan passes."""
+    return TwoFidelity(
+        evaluate_coarse, evaluate_fine, top_k=top_k,
+        weights=weights if weights is not None else load_score_weights(),
+        voltage_step_V=space.settings.voltage_step_V,
+    )  # fmt: skip
+
+
 def run_search(
     case_coarse: PreparedCase,
     case_fine: PreparedCase,
@@ -228,13 +245,8 @@ def run_search(
     deadline = started + time_limit_s if time_limit_s is not None else None
     explore_until = exploration_deadline(started, time_limit_s)
     w = weights if weights is not None else load_score_weights()
-    others = [] if case_coarse is case_fine else [case_coarse.obstacles]
-    space = SearchSpace(
-        case_fine,
-        protocol,
-        also_clear_on=others,
-        hole_encoding=hole_encoding,
-        voltage_mode=voltage_mode,
+    space = SearchSpace.for_levels(
+        case_coarse, case_fine, protocol, hole_encoding=hole_encoding, voltage_mode=voltage_mode
     )
     if evaluate_coarse is None:
         evaluate_coarse = PlanEvaluator(
@@ -242,10 +254,7 @@ def run_search(
         ).evaluate
     if evaluate_fine is None:
         evaluate_fine = PlanEvaluator(case_fine, protocol, nonlinear=True).evaluate
-    levels = TwoFidelity(
-        evaluate_coarse, evaluate_fine, top_k=refine_top_k, weights=w,
-        voltage_step_V=space.settings.voltage_step_V,
-    )  # fmt: skip
+    levels = search_levels(space, evaluate_coarse, evaluate_fine, top_k=refine_top_k, weights=w)
     if isinstance(sampler, BaseSampler):
         chosen, sampler_name = sampler, type(sampler).__name__
     else:

@@ -130,6 +130,26 @@ def _snap(value: float, lo: float, hi: float, step: float) -> float:
 class SearchSpace:
     """Parameters <-> plans for one case (the fine planning grid) and one protocol."""
 
+    @classmethod
+    def for_levels(
+        cls,
+        coarse: PreparedCase,
+        fine: PreparedCase,
+        protocol: Protocol,
+        *,
+        hole_encoding: HoleEncoding = "grid",
+        voltage_mode: VoltageMode = "ratio",
+    ) -> SearchSpace:
+        """The space of a search exploring on ``coarse`` and confirming on ``fine``: the fine
+        case's holes, kept only where the needle path is also clear on the coarse grid."""
+        return cls(
+            fine,
+            protocol,
+            also_clear_on=[] if coarse is fine else [coarse.obstacles],
+            hole_encoding=hole_encoding,
+            voltage_mode=voltage_mode,
+        )
+
     def __init__(
         self,
         case: PreparedCase,

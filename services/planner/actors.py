@@ -86,8 +86,7 @@ class CaseSpec:
 def search_space(coarse: PreparedCase, fine: PreparedCase, protocol: Protocol) -> SearchSpace:
     """The search space of a search on these cases: needle paths clear of the organs on both
     grids (the driver and island actors build the same one)."""
-    others = [] if coarse is fine else [coarse.obstacles]
-    return SearchSpace(fine, protocol, also_clear_on=others)
+    return SearchSpace.for_levels(coarse, fine, protocol)
 
 
 @dataclass(frozen=True)

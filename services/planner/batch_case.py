@@ -190,8 +190,6 @@ def warm_start_columns(
     (optimizer.search.warm_start): its descriptor (``desc_*`` columns: target volume, extents,
     position) and the plan in portable form (``portable_plan``, JSON text)."""
     columns: dict[str, Any] = dict(case_descriptor(fine))
-    # The same space run_search searched (fine case, holes also clear on the coarse one).
-    others = [] if coarse is fine else [coarse.obstacles]
-    space = SearchSpace(fine, protocol, also_clear_on=others)
+    space = SearchSpace.for_levels(coarse, fine, protocol)  # the space run_search searched
     columns["portable_plan"] = json.dumps(portable_plan(space, plan))
     return columns

@@ -7,6 +7,7 @@ from __future__ import annotations
 import operator
 import time
 
+import optuna
 import pytest
 
 from bench.search import (
@@ -15,10 +16,17 @@ from bench.search import (
     Run,
     jobs_in_order,
     print_tables,
+    returned_at,
     run_in_order,
     versus_baselines,
 )
+from optimizer.anatomy.phantom import make_phantom
+from optimizer.case import prepare_case
+from optimizer.evaluate.evaluator import PlanEvaluator
+from optimizer.evaluate.protocol import load_protocol
+from optimizer.search.local import SearchResult, run_search, search_levels
 from optimizer.search.samplers import DEFAULT_SAMPLER
+from optimizer.search.space import SearchSpace
 
 OURS = DEFAULT_SAMPLER  # ectplan's search, compared by default
 
@@ -136,7 +144,7 @@ def test_fewer_than_five_seeds_or_a_budget_no_run_reached_do_not_judge_the_targe
 def test_ectplans_sampler_is_never_its_own_baseline():
     runs = [*_seed(0, 0.1, 0.5, 0.5)]
     text = versus_baselines(runs, [100], ours="ga:unseeded")
-    assert text.startswith("seeds on which 'ga:unseeded' beat random:unseeded ")
+    assert text.startswith("coarse level: seeds on which 'ga:unseeded' beat random:unseeded ")
     assert "@100 0/1 (1/1)" in text  # the GA's 0.5 against random search's 0.5: a tie
 
 
@@ -182,3 +190,57 @@ def test_no_item_starts_after_the_time_limit_but_running_ones_finish(workers):
 
 def test_nothing_starts_with_a_limit_of_zero():
     assert run_in_order([1, 2], operator.neg, workers=2, time_limit_s=0) == ({}, 2)
+
+
+def _fine(run: Run, score: float, passed: bool) -> Run:
+    run.fine_at, run.fine_passed_at = {100: score}, {100: passed}
+    return run
+
+
+def test_the_fine_level_ranks_the_returned_plans_not_the_explored_ones():
+    # Coarse: ectplan's best explored plan fails where both baselines' pass. Fine: the plan
+    # its search returns passes with the lowest score.
+    runs = [
+        _fine(_run(OURS, 0, 0.1, False), 0.2, True),
+        _fine(_run("ga:unseeded", 0, 0.3, True), 0.4, True),
+        _fine(_run("random:unseeded", 0, 0.5, True), 0.1, False),
+    ]
+    assert "@100 0/1 (0/1)" in versus_baselines(runs, [100])
+    assert "@100 1/1 (1/1)" in versus_baselines(runs, [100], level="fine")
+
+
+def test_runs_without_a_fine_plan_at_a_budget_are_left_out_of_the_fine_level(capsys):
+    runs = [_fine(r, r.best_at[100], True) for r in _seed(0, 0.1, 0.2, 0.3)]
+    runs += _seed(1, 0.1, 0.2, 0.3)  # --coarse-only runs: no fine plan per budget
+    assert "@100 1/1 (1/1)" in versus_baselines(runs, [100], level="fine")
+    assert "@100 2/2 (2/2)" in versus_baselines(runs, [100])
+    print_tables(runs, [100])
+    out = capsys.readouterr().out
+    assert "fine level: seeds on which" in out and "1/1 pass 0.100" in out
+
+
+def test_without_fine_plans_per_budget_only_the_coarse_level_is_printed(capsys):
+    print_tables(_seed(0, 0.1, 0.2, 0.3), [100])
+    out = capsys.readouterr().out
+    assert "coarse level: seeds on which" in out and "fine level" not in out
+
+
+def test_the_fine_plan_at_a_budget_is_the_one_a_search_of_that_budget_returns():
+    case = prepare_case(make_phantom(seed=0), spacing_mm=2.0)
+    ect = load_protocol("ect")
+    coarse = PlanEvaluator(case, ect, nonlinear=False).evaluate
+    fine = PlanEvaluator(case, ect, nonlinear=True).evaluate  # sigma(E) on the same grid
+
+    def search(trials: int, storage: optuna.storages.BaseStorage | None = None) -> SearchResult:
+        return run_search(
+            case, case, ect, trials=trials, seed=3, storage=storage, study_name="bench",
+            evaluate_coarse=coarse, evaluate_fine=fine, refine_top_k=1,
+        )  # fmt: skip
+
+    storage = optuna.storages.InMemoryStorage()
+    search(16, storage)
+    space = SearchSpace.for_levels(case, case, ect)
+    study = optuna.load_study(study_name="bench", storage=storage)
+    at = returned_at(study, space, search_levels(space, coarse, fine, top_k=1), [8])
+    alone = search(8)  # on this phantom its refinement ends in the lower-voltage round
+    assert at[8] == pytest.approx((alone.score.total, alone.passed))
