@@ -45,12 +45,16 @@ retired); a result the actor had finished before it died is kept.
 Every told trial is in the storage as it is told.
 
 Silence: a worker that stops answering (a stopped process; a replacement the cluster cannot
-place, whose plans wait for it) is stopped, with no replacement, and the plans it holds are
-told FAIL; the search goes on with the others, or with none left returns its best coarse plan.
-Under a time limit that happens ``stall_grace_s`` after the end of the phase; without one, once
-the worker has held a plan for ``SILENCE_LIMIT_S`` without answering anything, so that a search
-bounded by its trial budget alone never waits for ever (``stopped_by`` "workers" when none is
-left to finish the budget).
+place, whose plans wait for it) is stopped and the plans it holds are told FAIL; the search
+goes on with the others, or with none left returns its best coarse plan. Under a time limit
+that happens ``stall_grace_s`` after the end of the phase, with no replacement (exploration is
+over). Without one, once the worker has held a plan for ``SILENCE_LIMIT_S`` without answering
+anything, so that a search bounded by its trial budget alone never waits for ever; there a
+silent exploration worker that had answered since it started (a hung process) gets a new
+actor in its slot, counted against ``max_restarts`` like a death, while one that never
+answered (a replacement not placed within ``pool.STARTUP_TIMEOUT_S``) is retired
+(``stopped_by`` "workers" when none is left to finish the budget); islands alike. The fine
+re-evaluation retires silent workers without replacement.
 
 Stopping: the trial budget counts trials asked by this call (failed ones included); at the time
 limit no further trial is asked, trials in flight finish and are told, and the fine
@@ -138,7 +142,14 @@ from services.planner.actors import (
 from services.planner.affinity import PairAffinity, pair_keys
 from services.planner.cluster import ClusterInfo, connect
 from services.planner.island_exploration import IslandExploration
-from services.planner.pool import DEFAULT_MAX_RESTARTS, POLL_S, PoolError, Worker, WorkerPool
+from services.planner.pool import (
+    DEFAULT_MAX_RESTARTS,
+    POLL_S,
+    STARTUP_TIMEOUT_S,
+    PoolError,
+    Worker,
+    WorkerPool,
+)
 from services.planner.progress import ClusterProgress, InFlight
 from services.planner.slow_start import slow_start_note
 from services.planner.storage import mask_url, open_storage, study_name_for
@@ -634,7 +645,26 @@ class DistributedSearch:
             oldest[index] = min(sent_at, oldest.get(index, sent_at))
         if self.time_limit_s is not None:
             return oldest
-        return {i: max(t, self._heard.get(i, t)) for i, t in oldest.items()}
+        return {
+            i: max(t, self._heard.get(i, t), self._starting_until(i)) for i, t in oldest.items()
+        }
+
+    def _starting_until(self, index: int) -> float:
+        """Without a time limit, a slot's actor that has not answered since it was created
+        (a replacement) is quiet only from STARTUP_TIMEOUT_S after its creation less the
+        grace: its start on a busy node is not silence, yet one the cluster cannot place is
+        still stopped in the end. Under a time limit nothing is waited for past the grace."""
+        assert self.pool is not None and self.stall_grace_s is not None
+        worker = self.pool.workers[index]
+        if self.time_limit_s is not None or worker.pid is not None:
+            return -math.inf
+        return worker.created_at + STARTUP_TIMEOUT_S - self.stall_grace_s
+
+    def _replaces(self, worker: Worker) -> bool:
+        """Whether a silent exploration worker gets a new actor in its slot: only without a
+        time limit (the search goes on) and only one that had answered since it started (a
+        hung process; one that never answered is a replacement the cluster could not place)."""
+        return self.time_limit_s is None and worker.pid is not None
 
     def _stall_message(self, what: str) -> str:
         if self.time_limit_s is None:
@@ -767,19 +797,35 @@ class DistributedSearch:
         message = self._stall_message("not evaluated")
         if self.time_limit_s is not None:  # exploration is over: nothing more is waited for
             self._abandon(message, kill=False)
-        # Retired before any tell: a tell may ask new plans, which must go to the others.
-        for worker in silent.values():
-            self._retire(worker)
+        # Stopped (or replaced) before any tell: a tell may ask new plans, which must go to
+        # the others or to the replacement, never to the silent actor.
+        replaced = {i for i, worker in silent.items() if self._stop_silent(worker)}
         for ref, task in sorted(self.inflight.items(), key=lambda item: item[1].order):
             if task.worker.index in silent:
                 del self.inflight[ref]
                 self._record(task, _Outcome(None, message))
-        self.notes.append(
-            self._stall_message(
-                f"worker(s) {', '.join(str(i) for i in sorted(silent))} stopped: their plans "
-                "were told FAIL"
-            )
-        )
+        for what, slots in (("replaced", replaced), ("stopped", set(silent) - replaced)):
+            if slots:
+                self.notes.append(
+                    self._stall_message(
+                        f"worker(s) {', '.join(map(str, sorted(slots)))} {what}: their plans "
+                        "were told FAIL"
+                    )
+                )
+
+    def _stop_silent(self, worker: Worker) -> bool:
+        """Stop a silent worker in exploration; True when a new actor takes its slot. Without
+        a time limit the search goes on, so a worker that had answered since it started (a hung
+        process) is replaced, within ``max_restarts`` per slot (``_replaces``)."""
+        assert self.pool is not None
+        if not self._replaces(worker):
+            self._retire(worker)
+            return False
+        old = _actor_key(worker)
+        replaced = self.pool.replace_silent(worker)
+        self.affinity.forget(old)
+        self.shared.forget_owner(old)
+        return replaced
 
     def _retire(self, worker: Worker) -> None:
         """Stop a silent worker for good; the pair solutions it held are gone with it."""

@@ -271,8 +271,8 @@ class IslandExploration:
 
     def _quiet_since(self) -> dict[int, float]:
         """Per live worker with a call out: when its running call last streamed a trial (or
-        was sent)."""
-        return {w.index: self.calls[w.index][0].heard_at
+        was sent; a replacement still starting, later: ``_starting_until``)."""
+        return {w.index: max(self.calls[w.index][0].heard_at, self.search._starting_until(w.index))
                 for w in self.pool.alive if self.calls[w.index]}  # fmt: skip
 
     def _fill(self) -> None:
@@ -505,7 +505,9 @@ class IslandExploration:
 
     def _stop_silent_workers(self) -> None:
         """Past the grace (``_stalled``): stop the workers whose running call has not streamed
-        a trial for a whole grace (a stopped process), with no replacement."""
+        a trial for a whole grace (a stopped process); without a time limit one that had
+        answered since it started gets a new actor in its slot (``DistributedSearch``'s
+        ``_replaces``), whose island starts as a dead worker's replacement does."""
         search = self.search
         assert search.stall_grace_s is not None
         while self.streams:  # first what has arrived: a worker that just answered is not silent
@@ -516,11 +518,9 @@ class IslandExploration:
                 if stream in self.streams:
                     self._take(stream)
         now = time.monotonic()
-        silent = [
-            w
-            for w in self.pool.alive
-            if self.calls[w.index] and now - self.calls[w.index][0].heard_at >= search.stall_grace_s
-        ]
+        quiet = self._quiet_since()
+        silent = [w for w in self.pool.alive
+                  if w.index in quiet and now - quiet[w.index] >= search.stall_grace_s]  # fmt: skip
         if not silent:
             return
         search._stall_seen = True
@@ -530,17 +530,26 @@ class IslandExploration:
         # to end a stopped actor; on a one-host cluster (the journal or the unit folder
         # shared) the process is on this host, so it is killed at once as well.
         for worker in silent:
-            self.pool.retire(worker)
+            self.pool.kill(worker)
             self._forget_bundles(worker)  # the search may go on without a time limit
             if worker.pid is not None and self._here(worker):
                 with contextlib.suppress(OSError):
                     os.kill(worker.pid, signal.SIGKILL)
         self._wait_for_exit(silent)
+        replaced: list[Worker] = []
         for worker in silent:
-            self._drop_calls(worker, message)
-        search.notes.append(
-            search._stall_message(
-                f"worker(s) {', '.join(str(w.index) for w in silent)} stopped: the trial each "
-                "was evaluating was told FAIL"
-            )
-        )
+            self._drop_calls(worker, message)  # by the stopped actor's pid
+            if not search._replaces(worker):
+                self.pool.retire(worker)
+            elif self.pool.replace_silent(worker):
+                replaced.append(worker)
+                self.outbox[worker.index] = [] if self.direct else self._finished_trials()
+        for what, workers in (("replaced", replaced),
+                              ("stopped", [w for w in silent if w not in replaced])):  # fmt: skip
+            if workers:
+                search.notes.append(
+                    search._stall_message(
+                        f"worker(s) {', '.join(str(w.index) for w in workers)} {what}: the "
+                        "trial each was evaluating was told FAIL"
+                    )
+                )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -50,6 +50,9 @@ class Worker:
     host: str = ""
     deaths: int = 0
     retired: bool = False
+    # time.monotonic() when this slot's current actor was created (a replacement's start-up
+    # is not silence: services.planner.driver gives it STARTUP_TIMEOUT_S).
+    created_at: float = field(default_factory=time.monotonic)
 
 
 class WorkerPool:
@@ -146,19 +149,38 @@ class WorkerPool:
         if worker.deaths > self.max_restarts:
             worker.retired = True
         else:
-            worker.handle = self._create()
+            worker.handle, worker.created_at = self._create(), time.monotonic()
         if not self.alive:
             raise PoolError(
                 f"all {len(self.workers)} workers died ({self.max_restarts} restarts each); "
                 "see the Ray logs (/tmp/ray/session_latest/logs) for the cause, often memory"
             )
 
+    def kill(self, worker: Worker) -> None:
+        """Kill the slot's actor and leave the slot as it is (``retire`` or
+        ``replace_silent`` decides what follows)."""
+        with contextlib.suppress(Exception):  # already gone
+            ray.kill(worker.handle, no_restart=True)
+
+    def replace_silent(self, worker: Worker) -> bool:
+        """Kill a worker that stopped answering after it had answered (a hung process) and
+        start another in its slot, counted against ``max_restarts`` like a death; past those,
+        retire the slot. True when replaced. Never raises for the last slot: a search whose
+        workers all fell silent ends with what it has (the driver's "workers" stop)."""
+        self.kill(worker)
+        if worker.deaths >= self.max_restarts:
+            worker.retired = True
+            return False
+        worker.deaths += 1
+        worker.pid = None
+        worker.handle, worker.created_at = self._create(), time.monotonic()
+        return True
+
     def retire(self, worker: Worker) -> None:
         """Stop a worker that does not answer, with no replacement (past a time limit there is
         no use for one; without one, a replacement the cluster could not place is what may
         have gone silent). Not counted as a death."""
-        with contextlib.suppress(Exception):  # already gone
-            ray.kill(worker.handle, no_restart=True)
+        self.kill(worker)
         worker.retired = True
 
     def shutdown(self) -> None:
