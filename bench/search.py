@@ -386,6 +386,14 @@ def median_or_dash(values: list[float | None], fmt: str) -> str:
     return format(statistics.median(known), fmt)
 
 
+def by_sampler(runs: list[Run]) -> dict[tuple[str, str, str], list[Run]]:
+    """The runs of each case, protocol and sampler, in the order they first appear."""
+    groups: dict[tuple[str, str, str], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.case, r.protocol, r.sampler), []).append(r)
+    return groups
+
+
 def table(runs: list[Run], budgets: list[int]) -> str:
     header = (
         f"{'case':16} {'protocol':8} {'sampler':16} {'evals->pass':>11} {'s->pass':>8} "
@@ -393,10 +401,7 @@ def table(runs: list[Run], budgets: list[int]) -> str:
         + f" {'met':>7} {'fine':>5} {'fine score':>10} {'eval/s':>7}"
     )
     lines = [header, "-" * len(header)]
-    groups: dict[tuple[str, str, str], list[Run]] = {}
-    for r in runs:
-        groups.setdefault((r.case, r.protocol, r.sampler), []).append(r)
-    for (case, protocol, sampler), rs in groups.items():
+    for (case, protocol, sampler), rs in by_sampler(runs).items():
         lines.append(
             f"{case:16} {protocol:8} {sampler:16} "
             f"{median_or_dash([r.evals_to_pass for r in rs], '.0f'):>11} "
@@ -539,10 +544,7 @@ def fine_table(runs: list[Run], budgets: list[int]) -> str:
         f"{'fine@' + str(b):>16}" for b in budgets
     )
     lines = [header, "-" * len(header)]
-    groups: dict[tuple[str, str, str], list[Run]] = {}
-    for r in runs:
-        groups.setdefault((r.case, r.protocol, r.sampler), []).append(r)
-    for (case, protocol, sampler), rs in groups.items():
+    for (case, protocol, sampler), rs in by_sampler(runs).items():
         cells = []
         for b in budgets:
             have = [r for r in rs if b in r.fine_at]
